@@ -1,0 +1,134 @@
+"""The ASGI application: the FHIR API at /fhir (alias /api/v1/fhir) and operations routes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from carechart import __version__, jsonio
+from carechart.config import Settings, get_settings
+from carechart.context import AppContext
+from carechart.errors import CarechartError, Issue
+from carechart.fhir.outcome import operation_outcome
+from carechart.fhir.router import build_router
+
+log = logging.getLogger("carechart")
+
+_FHIR_PREFIXES = ("/fhir", "/api/v1/fhir")
+_HTTP_CODES = {
+    400: ("BAD_REQUEST", "invalid"),
+    404: ("NOT_FOUND", "not-found"),
+    405: ("METHOD_NOT_ALLOWED", "not-supported"),
+    413: ("PAYLOAD_TOO_LARGE", "too-costly"),
+    415: ("UNSUPPORTED_MEDIA_TYPE", "not-supported"),
+    422: ("VALIDATION_ERROR", "invalid"),
+}
+
+
+def _is_fhir(request: Request) -> bool:
+    path = request.url.path
+    return any(path == p or path.startswith(p + "/") for p in _FHIR_PREFIXES)
+
+
+def render_error(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    issues: list[Issue],
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """FHIR paths answer with an OperationOutcome; the native API with its error envelope."""
+    if _is_fhir(request):
+        return Response(
+            content=jsonio.dumps(operation_outcome(issues)),
+            status_code=status,
+            media_type="application/fhir+json; charset=utf-8",
+            headers=headers,
+        )
+    return JSONResponse(
+        {"status": "error", "error": {"code": code, "message": message, "details": details or {}}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+class NoStoreMiddleware:
+    """Responses may carry PHI: no cache may keep them (SECURITY D6)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"cache-control", b"no-store"))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def create_app(settings: Settings | None = None, ctx: AppContext | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Carechart",
+        version=__version__,
+        description="FHIR R4 electronic health records server.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx or AppContext.from_settings(settings)
+    app.include_router(build_router(), prefix="/fhir")
+    app.include_router(build_router(include_in_schema=False), prefix="/api/v1/fhir")
+    app.add_middleware(NoStoreMiddleware)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.exception_handler(CarechartError)
+    async def on_carechart_error(request: Request, exc: CarechartError) -> Response:
+        if exc.status >= 500:
+            log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
+        return render_error(request, exc.status, exc.code, exc.message, exc.issues, exc.details, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code, fhir_code = _HTTP_CODES.get(exc.status_code, ("ERROR", "processing"))
+        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return render_error(
+            request, exc.status_code, code, message, [Issue(message=message, code=fhir_code)], headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = [
+            Issue(message=str(e.get("msg", "invalid")), expression=".".join(str(p) for p in e.get("loc", ())))
+            for e in exc.errors()
+        ]
+        return render_error(request, 400, "VALIDATION_ERROR", "the request is not valid", problems)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # Never echo the exception: it may hold PHI or SQL. Its type is enough to find it.
+        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return render_error(
+            request, 500, "INTERNAL_ERROR", "internal error", [Issue(message="internal error", code="exception")]
+        )
+
+    return app

@@ -1,0 +1,5 @@
+"""ASGI entry point for uvicorn: ``carechart.asgi:app``."""
+
+from carechart.app import create_app
+
+app = create_app()

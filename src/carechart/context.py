@@ -1,0 +1,34 @@
+"""What a running server holds: settings, the engine and the key ring."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from carechart.config import Settings
+from carechart.crypto.keys import KeyRing, load_master_key
+from carechart.db.engine import make_engine, unit_of_work
+from carechart.fhir.store import SqlResourceStore
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: Engine
+    keyring: KeyRing
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AppContext:
+        engine = make_engine(settings.effective_database_url)
+        key_file = settings.master_key_file or settings.data_dir / "keys" / "master.key"
+        master = load_master_key(settings.master_key, key_file)
+        return cls(settings=settings, engine=engine, keyring=KeyRing(master, engine))
+
+    @contextmanager
+    def store(self, *, write: bool, tenant: str | None = None) -> Iterator[SqlResourceStore]:
+        """One unit of work over the resource store; committed when the block succeeds."""
+        with unit_of_work(self.engine, write=write) as conn:
+            yield SqlResourceStore(conn, self.keyring, tenant or self.settings.default_tenant)

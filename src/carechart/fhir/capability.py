@@ -1,0 +1,66 @@
+"""The CapabilityStatement at ``/fhir/metadata`` (http://hl7.org/fhir/R4/capabilitystatement.html).
+
+It lists only what works: the interactions the router implements, for every resource type
+of the release, and the search parameters the search engine indexes.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from carechart import __version__
+from carechart.fhir.definitions import load_definitions
+
+_TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
+
+
+@lru_cache(maxsize=1)
+def _resources() -> list[dict[str, Any]]:
+    definitions = load_definitions()
+    resources: list[dict[str, Any]] = []
+    for resource_type in sorted(definitions.resource_types):
+        params = [
+            {"name": p.code, "definition": p.url, "type": p.type}
+            for p in definitions.search_parameters(resource_type)
+        ]
+        resources.append(
+            {
+                "type": resource_type,
+                "interaction": [{"code": code} for code in _TYPE_INTERACTIONS],
+                "versioning": "versioned-update",
+                "readHistory": True,
+                "updateCreate": True,
+                "conditionalCreate": True,
+                "conditionalUpdate": True,
+                "conditionalDelete": "single",
+                "searchParam": params,
+            }
+        )
+    return resources
+
+
+def capability_statement(base: str) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "Carechart",
+        "kind": "instance",
+        "software": {"name": "Carechart", "version": __version__},
+        "implementation": {"description": "Carechart FHIR R4 server", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": _resources(),
+                "interaction": [
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                    {"code": "history-system"},
+                ],
+            }
+        ],
+    }

@@ -1,0 +1,441 @@
+"""The FHIR R4 REST API (http://hl7.org/fhir/R4/http.html) over the resource store.
+
+Endpoints are thin: negotiate, read the body, run one unit of work in a worker thread, shape
+the answer. Rules live in the store and the bundle processor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from carechart.context import AppContext
+from carechart.errors import BadRequest, NotFound
+from carechart.fhir import bundles
+from carechart.fhir.capability import capability_statement
+from carechart.fhir.http import (
+    JSON_PATCH,
+    fhir_response,
+    is_pretty,
+    negotiate,
+    parse_json_body,
+    prefer_strict,
+    read_body,
+    require_content_type,
+    version_headers,
+    write_response,
+)
+from carechart.fhir.model import ID_PATTERN, TYPE_PATTERN, StoredVersion
+from carechart.fhir.outcome import information
+from carechart.fhir.search import search
+from carechart.fhir.store import HistoryPage, SqlResourceStore
+
+T = TypeVar("T")
+
+TYPE_PATH = "{resource_type}"
+_RESERVED_HISTORY_PARAMS = {"_since", "_count", "_cursor", "_format", "_pretty", "_at", "_list"}
+
+
+def _ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def base_url(request: Request) -> str:
+    """The service base the request came in on (``/fhir`` or its alias ``/api/v1/fhir``)."""
+    ctx = _ctx(request)
+    prefix = "/api/v1/fhir" if request.url.path.startswith("/api/v1/fhir") else "/fhir"
+    root = ctx.settings.base_url or str(request.base_url).rstrip("/")
+    return f"{root.rstrip('/')}{prefix}"
+
+
+def _check_type_syntax(resource_type: str) -> None:
+    if not TYPE_PATTERN.fullmatch(resource_type):
+        raise NotFound(f"{resource_type!r} is not a resource type")
+
+
+def _check_id_syntax(resource_type: str, resource_id: str) -> None:
+    if not ID_PATTERN.fullmatch(resource_id):
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
+
+
+async def _in_store(request: Request, write: bool, work: Callable[[SqlResourceStore], T]) -> T:
+    ctx = _ctx(request)
+
+    def run() -> T:
+        with ctx.store(write=write) as store:
+            return work(store)
+
+    return await run_in_threadpool(run)
+
+
+async def _json_body(request: Request) -> Any:
+    require_content_type(request)
+    settings = _ctx(request).settings
+    data = await read_body(request, settings.max_body_bytes)
+    return parse_json_body(data, settings.max_json_depth)
+
+
+def _history_bundle(request: Request, page: HistoryPage) -> dict[str, Any]:
+    base = base_url(request)
+    entries: list[dict[str, Any]] = []
+    for version in page.versions:
+        entry: dict[str, Any] = {"fullUrl": f"{base}/{version.resource_type}/{version.id}"}
+        if version.body is not None:
+            entry["resource"] = _raw(version)
+        method = version.method if version.method in ("POST", "PUT", "DELETE") else "PUT"
+        entry["request"] = {
+            "method": method,
+            "url": version.resource_type if method == "POST" else f"{version.resource_type}/{version.id}",
+        }
+        status = {"POST": "201 Created", "DELETE": "204 No Content"}.get(method, "200 OK")
+        entry["response"] = {
+            "status": status,
+            "etag": version.etag,
+            "lastModified": version.last_updated.isoformat().replace("+00:00", "Z"),
+        }
+        entries.append(entry)
+    self_url = str(request.url)
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
+    if page.total is not None:
+        bundle["total"] = page.total
+    links = [{"relation": "self", "url": self_url}]
+    if page.next_cursor is not None:
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
+        params.append(("_cursor", str(page.next_cursor)))
+        query = "&".join(f"{k}={_quote(v)}" for k, v in params)
+        links.append({"relation": "next", "url": f"{str(request.url).split('?', 1)[0]}?{query}"})
+    bundle["link"] = links
+    bundle["entry"] = entries
+    return bundle
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+class _RawJson:
+    """Marks an already-serialised resource so a Bundle embeds it without re-parsing."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _raw(version: StoredVersion) -> Any:
+    import orjson
+
+    assert version.body is not None
+    return orjson.Fragment(version.body)
+
+
+def _history_params(request: Request) -> tuple[datetime | None, int, int | None]:
+    params = request.query_params
+    settings = _ctx(request).settings
+    since: datetime | None = None
+    if "_since" in params:
+        since = _parse_instant(params["_since"], "_since")
+    count = settings.default_page_size
+    if "_count" in params:
+        raw = params["_count"]
+        if not raw.isdigit() or int(raw) < 1:
+            raise BadRequest(f"_count={raw!r} must be a positive integer")
+        count = min(int(raw), settings.max_page_size)
+    cursor: int | None = None
+    if "_cursor" in params:
+        raw = params["_cursor"]
+        if not raw.isdigit():
+            raise BadRequest("_cursor is not a paging cursor this server issued")
+        cursor = int(raw)
+    return since, count, cursor
+
+
+def _parse_instant(value: str, name: str) -> datetime:
+    text = value.strip().replace(" ", "+")
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"{name}={value!r} is not a FHIR instant such as 2024-01-31T12:00:00Z") from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"{name}={value!r} needs a time zone")
+    return moment
+
+
+def build_router(*, include_in_schema: bool = True) -> APIRouter:
+    router = APIRouter(tags=["FHIR R4"], include_in_schema=include_in_schema)
+
+    @router.get("/metadata", summary="CapabilityStatement")
+    async def metadata(request: Request) -> Response:
+        negotiate(request)
+        return fhir_response(capability_statement(base_url(request)), pretty=is_pretty(request))
+
+    @router.post("", summary="batch or transaction Bundle")
+    @router.post("/", include_in_schema=False)
+    async def batch_or_transaction(request: Request) -> Response:
+        negotiate(request)
+        body = await _json_body(request)
+        base = base_url(request)
+        settings = _ctx(request).settings
+        bundles.check_shape(body, settings.max_bundle_entries)
+        if body.get("type") == "transaction":
+            result = await _in_store(request, True, lambda store: bundles.transaction(store, body, base))
+        else:
+            ctx = _ctx(request)
+            result = await run_in_threadpool(
+                lambda: bundles.batch(lambda write: ctx.store(write=write), body, base)
+            )
+        return fhir_response(result, pretty=is_pretty(request))
+
+    @router.get("/_history", summary="system history")
+    async def system_history(request: Request) -> Response:
+        negotiate(request)
+        since, count, cursor = _history_params(request)
+        page = await _in_store(
+            request, False, lambda s: s.history(None, None, since=since, count=count, cursor=cursor)
+        )
+        return fhir_response(_history_bundle(request, page), pretty=is_pretty(request))
+
+    @router.get("/" + TYPE_PATH + "/_history", summary="type history")
+    async def type_history(request: Request, resource_type: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        since, count, cursor = _history_params(request)
+        page = await _in_store(
+            request, False, lambda s: s.history(resource_type, None, since=since, count=count, cursor=cursor)
+        )
+        return fhir_response(_history_bundle(request, page), pretty=is_pretty(request))
+
+    @router.post("/" + TYPE_PATH, summary="create (If-None-Exist for conditional create)")
+    async def create(request: Request, resource_type: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        body = await _json_body(request)
+        if_none_exist = request.headers.get("if-none-exist")
+
+        def work(store: SqlResourceStore) -> Any:
+            if if_none_exist is not None:
+                return store.conditional_create(resource_type, body, if_none_exist)
+            return store.create(resource_type, body)
+
+        result = await _in_store(request, True, work)
+        if result.existing:
+            return write_response(
+                request, result.version, status=200, base=base_url(request), message="matched an existing resource"
+            )
+        return write_response(
+            request, result.version, status=201, base=base_url(request), message=f"created {result.version.location}"
+        )
+
+    @router.get("/" + TYPE_PATH, summary="search")
+    async def search_type(request: Request, resource_type: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        params = list(request.query_params.multi_items())
+        return await _search(request, resource_type, params)
+
+    @router.post("/" + TYPE_PATH + "/_search", summary="search (form POST)")
+    async def search_post(request: Request, resource_type: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        require_content_type(request, ("application/x-www-form-urlencoded",))
+        form = await request.form()
+        params = list(request.query_params.multi_items()) + [
+            (k, v) for k, v in form.multi_items() if isinstance(v, str)
+        ]
+        return await _search(request, resource_type, params)
+
+    async def _search(request: Request, resource_type: str, params: list[tuple[str, str]]) -> Response:
+        settings = _ctx(request).settings
+        strict = prefer_strict(request)
+        count = settings.default_page_size
+        offset = 0
+        query: list[tuple[str, str]] = []
+        for name, value in params:
+            if name in ("_format", "_pretty"):
+                continue
+            if name == "_count":
+                if not value.isdigit():
+                    raise BadRequest(f"_count={value!r} must be a non-negative integer")
+                count = min(int(value), settings.max_page_size)
+                continue
+            if name == "_offset":
+                if not value.isdigit():
+                    raise BadRequest(f"_offset={value!r} must be a non-negative integer")
+                offset = int(value)
+                continue
+            query.append((name, value))
+
+        def work(store: SqlResourceStore) -> tuple[Any, list[StoredVersion]]:
+            store.check_type(resource_type)
+            result = search(
+                store.conn,
+                store.keyring,
+                store.tenant,
+                resource_type,
+                [*query, ("_count", str(count)), ("_offset", str(offset))],
+                strict=strict,
+            )
+            return result, store.read_many(resource_type, result.ids)
+
+        result, versions = await _in_store(request, False, work)
+        return fhir_response(
+            _searchset(request, resource_type, result, versions, count, offset), pretty=is_pretty(request)
+        )
+
+    def _searchset(
+        request: Request,
+        resource_type: str,
+        result: Any,
+        versions: list[StoredVersion],
+        count: int,
+        offset: int,
+    ) -> dict[str, Any]:
+        base = base_url(request)
+        page_url = str(request.url).split("?", 1)[0]
+        kept = [
+            (k, v) for k, v in request.query_params.multi_items() if k not in ("_offset", "_count")
+        ]
+
+        def link(new_offset: int) -> str:
+            items = [*kept, ("_count", str(count)), ("_offset", str(new_offset))]
+            return page_url + "?" + "&".join(f"{k}={_quote(v)}" for k, v in items)
+
+        links = [{"relation": "self", "url": link(offset)}]
+        if offset + count < result.total:
+            links.append({"relation": "next", "url": link(offset + count)})
+        if offset > 0:
+            links.append({"relation": "previous", "url": link(max(0, offset - count))})
+        entries: list[dict[str, Any]] = [
+            {
+                "fullUrl": f"{base}/{v.resource_type}/{v.id}",
+                "resource": _raw(v),
+                "search": {"mode": "match"},
+            }
+            for v in versions
+        ]
+        if result.unknown_params:
+            entries.append(
+                {
+                    "resource": information(
+                        "parameters not supported and ignored: " + ", ".join(result.unknown_params)
+                    ),
+                    "search": {"mode": "outcome"},
+                }
+            )
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": result.total,
+            "link": links,
+            "entry": entries,
+        }
+
+    @router.put("/" + TYPE_PATH, summary="conditional update")
+    async def conditional_update(request: Request, resource_type: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        body = await _json_body(request)
+        query = request.url.query
+        if_match = request.headers.get("if-match")
+        result = await _in_store(
+            request, True, lambda s: s.conditional_update(resource_type, query, body, if_match=if_match)
+        )
+        return write_response(
+            request,
+            result.version,
+            status=201 if result.created else 200,
+            base=base_url(request),
+            message=f"{'created' if result.created else 'updated'} {result.version.location}",
+        )
+
+    @router.delete("/" + TYPE_PATH, summary="conditional delete")
+    async def conditional_delete(request: Request, resource_type: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        query = request.url.query
+        deleted = await _in_store(request, True, lambda s: s.conditional_delete(resource_type, query))
+        return fhir_response(information(f"deleted {deleted} resource(s)"), status=200)
+
+    @router.get("/" + TYPE_PATH + "/{resource_id}", summary="read")
+    async def read(request: Request, resource_type: str, resource_id: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        _check_id_syntax(resource_type, resource_id)
+        version = await _in_store(request, False, lambda s: s.read(resource_type, resource_id))
+        return fhir_response(version.body, headers=version_headers(version), pretty=is_pretty(request))
+
+    @router.put("/" + TYPE_PATH + "/{resource_id}", summary="update (create-on-update allowed)")
+    async def update(request: Request, resource_type: str, resource_id: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        body = await _json_body(request)
+        if_match = request.headers.get("if-match")
+        result = await _in_store(
+            request, True, lambda s: s.update(resource_type, resource_id, body, if_match=if_match)
+        )
+        return write_response(
+            request,
+            result.version,
+            status=201 if result.created else 200,
+            base=base_url(request),
+            message=f"{'created' if result.created else 'updated'} {result.version.location}",
+        )
+
+    @router.patch("/" + TYPE_PATH + "/{resource_id}", summary="patch (JSON Patch)")
+    async def patch(request: Request, resource_type: str, resource_id: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        _check_id_syntax(resource_type, resource_id)
+        require_content_type(request, (JSON_PATCH,))
+        settings = _ctx(request).settings
+        operations = parse_json_body(await read_body(request, settings.max_body_bytes), settings.max_json_depth)
+        if_match = request.headers.get("if-match")
+        result = await _in_store(
+            request, True, lambda s: s.patch(resource_type, resource_id, operations, if_match=if_match)
+        )
+        return write_response(
+            request, result.version, status=200, base=base_url(request), message=f"patched {result.version.location}"
+        )
+
+    @router.delete("/" + TYPE_PATH + "/{resource_id}", summary="delete (logical)")
+    async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        _check_id_syntax(resource_type, resource_id)
+        version = await _in_store(request, True, lambda s: s.delete(resource_type, resource_id))
+        headers = {"ETag": version.etag} if version is not None else {}
+        return Response(status_code=204, headers=headers)
+
+    @router.get("/" + TYPE_PATH + "/{resource_id}/_history", summary="instance history")
+    async def instance_history(request: Request, resource_type: str, resource_id: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        _check_id_syntax(resource_type, resource_id)
+        since, count, cursor = _history_params(request)
+        page = await _in_store(
+            request,
+            False,
+            lambda s: s.history(resource_type, resource_id, since=since, count=count, cursor=cursor),
+        )
+        return fhir_response(_history_bundle(request, page), pretty=is_pretty(request))
+
+    @router.get("/" + TYPE_PATH + "/{resource_id}/_history/{version_id}", summary="vread")
+    async def vread(request: Request, resource_type: str, resource_id: str, version_id: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        _check_id_syntax(resource_type, resource_id)
+        version = await _in_store(request, False, lambda s: s.vread(resource_type, resource_id, version_id))
+        return fhir_response(version.body, headers=version_headers(version), pretty=is_pretty(request))
+
+    return router

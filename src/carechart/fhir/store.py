@@ -1,0 +1,532 @@
+"""The resource store: every FHIR interaction on stored data goes through here.
+
+Implements the storage side of the R4 RESTful API (http://hl7.org/fhir/R4/http.html):
+create, read, vread, update, patch, delete (logical) and history, with versioning, the
+Patient compartment and search indexes maintained on write, and every body sealed with
+AES-256-GCM bound to (tenant, type, id, version). One instance serves one unit of work: it
+receives the transaction's connection and never commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import jsonpatch
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from carechart import jsonio
+from carechart.crypto.aead import open_sealed, resource_ad, seal
+from carechart.crypto.keys import KeyRing
+from carechart.db.schema import resource, resource_compartment, resource_history
+from carechart.errors import (
+    BadRequest,
+    Conflict,
+    Gone,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+    ValidationFailed,
+)
+from carechart.fhir.definitions import load_definitions
+from carechart.fhir.model import ID_PATTERN, StoredVersion, WriteResult, as_utc, format_instant
+from carechart.fhir.search import compartment_patients, index_resource, search_ids_for_condition
+from carechart.fhir.validation import validate_resource
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    versions: list[StoredVersion]
+    # Keyset cursor for the next (older) page; None on the last page.
+    next_cursor: int | None
+    total: int | None
+
+
+class ResourceStore(Protocol):
+    """What the FHIR router needs from storage (medplum's repository shape)."""
+
+    def create(self, resource_type: str, body: dict[str, Any]) -> WriteResult: ...
+    def read(self, resource_type: str, resource_id: str) -> StoredVersion: ...
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> StoredVersion: ...
+    def update(
+        self, resource_type: str, resource_id: str, body: dict[str, Any], *, if_match: str | None
+    ) -> WriteResult: ...
+    def patch(
+        self, resource_type: str, resource_id: str, operations: Any, *, if_match: str | None
+    ) -> WriteResult: ...
+    def delete(self, resource_type: str, resource_id: str) -> StoredVersion | None: ...
+    def history(
+        self,
+        resource_type: str | None,
+        resource_id: str | None,
+        *,
+        since: datetime | None,
+        count: int,
+        cursor: int | None,
+    ) -> HistoryPage: ...
+
+
+def parse_etag(value: str) -> int:
+    """``W/"3"`` or ``"3"`` or ``3`` -> 3 (http.html#concurrency)."""
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise BadRequest(f"If-Match {value!r} is not a version ETag such as W/\"1\"")
+    return int(text)
+
+
+def _server_meta(body: dict[str, Any], resource_id: str, version: int, now: datetime) -> dict[str, Any]:
+    """The body as stored: client content kept in order, id and meta set by the server.
+
+    Clients cannot set server-owned fields (SECURITY B6): id on create, meta.versionId and
+    meta.lastUpdated are always the server's.
+    """
+    meta = dict(body.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = format_instant(now)
+    stored: dict[str, Any] = {"resourceType": body["resourceType"], "id": resource_id, "meta": meta}
+    for key, value in body.items():
+        if key not in stored:
+            stored[key] = value
+    return stored
+
+
+class SqlResourceStore:
+    """One implementation for SQLite and PostgreSQL; dialect specifics stay in ``db``."""
+
+    def __init__(self, conn: Connection, keyring: KeyRing, tenant: str) -> None:
+        self.conn = conn
+        self.keyring = keyring
+        self.tenant = tenant
+        self.definitions = load_definitions()
+
+    # --- checks -----------------------------------------------------------------------
+
+    def check_type(self, resource_type: str) -> None:
+        if not self.definitions.is_resource_type(resource_type):
+            raise NotFound(f"resource type {resource_type!r} is not known")
+
+    def _check_body(self, resource_type: str, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object holding a FHIR resource")
+        actual = body.get("resourceType")
+        if actual != resource_type:
+            raise BadRequest(
+                f"resourceType {actual!r} in the body does not match {resource_type!r} in the URL"
+            )
+        issues = validate_resource(body)
+        errors = [issue for issue in issues if issue.severity in ("error", "fatal")]
+        if errors:
+            raise ValidationFailed(
+                f"{resource_type} is not valid: {errors[0].message}"
+                + (f" (at {errors[0].expression})" if errors[0].expression else ""),
+                issues=errors,
+            )
+        return body
+
+    # --- sealing ----------------------------------------------------------------------
+
+    def _seal(self, resource_type: str, resource_id: str, version: int, data: bytes) -> tuple[int, bytes]:
+        key = self.keyring.active(self.tenant)
+        ad = resource_ad(self.tenant, resource_type, resource_id, version)
+        return key.version, seal(key.key, data, ad)
+
+    def _open(
+        self, resource_type: str, resource_id: str, version: int, key_version: int, sealed: bytes
+    ) -> bytes:
+        key = self.keyring.version(self.tenant, key_version)
+        return open_sealed(key.key, sealed, resource_ad(self.tenant, resource_type, resource_id, version))
+
+    # --- writes -----------------------------------------------------------------------
+
+    def _write_version(
+        self,
+        resource_type: str,
+        resource_id: str,
+        body: dict[str, Any] | None,
+        version: int,
+        method: str,
+    ) -> StoredVersion:
+        clock = datetime.now(UTC)
+        # FHIR instants carry milliseconds; storing the same precision keeps _since exact.
+        now = clock.replace(microsecond=clock.microsecond // 1000 * 1000)
+        data: bytes | None = None
+        sealed: bytes | None = None
+        patients: list[str] = []
+        if body is not None:
+            stored = _server_meta(body, resource_id, version, now)
+            data = jsonio.dumps(stored)
+            key_version, sealed = self._seal(resource_type, resource_id, version, data)
+            patients = compartment_patients(stored)
+        else:
+            key_version = self.keyring.active(self.tenant).version
+            stored = None
+        row = {
+            "tenant_id": self.tenant,
+            "resource_type": resource_type,
+            "id": resource_id,
+            "version_id": version,
+            "last_updated": now,
+            "deleted": body is None,
+            "patient_id": patients[0] if patients else None,
+            "key_version": key_version,
+            "body": sealed,
+        }
+        if version == 1:
+            self.conn.execute(resource.insert(), row)
+        else:
+            updated = self.conn.execute(
+                resource.update()
+                .where(
+                    resource.c.tenant_id == self.tenant,
+                    resource.c.resource_type == resource_type,
+                    resource.c.id == resource_id,
+                    resource.c.version_id == version - 1,
+                )
+                .values(**{k: v for k, v in row.items() if k not in ("tenant_id", "resource_type", "id")})
+            )
+            if updated.rowcount != 1:
+                # Someone else wrote version N first (the WHERE re-checks after their commit).
+                raise PreconditionFailed(
+                    f"{resource_type}/{resource_id} was changed concurrently; version {version - 1} is stale"
+                )
+        self.conn.execute(resource_history.insert(), {**row, "method": method})
+        self._replace_compartment(resource_type, resource_id, patients)
+        index_resource(self.conn, self.keyring, self.tenant, resource_type, resource_id, stored)
+        return StoredVersion(
+            resource_type=resource_type,
+            id=resource_id,
+            version_id=version,
+            last_updated=now,
+            deleted=body is None,
+            body=data,
+            method=method,
+        )
+
+    def _replace_compartment(self, resource_type: str, resource_id: str, patients: list[str]) -> None:
+        self.conn.execute(
+            resource_compartment.delete().where(
+                resource_compartment.c.tenant_id == self.tenant,
+                resource_compartment.c.resource_type == resource_type,
+                resource_compartment.c.resource_id == resource_id,
+            )
+        )
+        if patients:
+            self.conn.execute(
+                resource_compartment.insert(),
+                [
+                    {
+                        "tenant_id": self.tenant,
+                        "patient_id": patient,
+                        "resource_type": resource_type,
+                        "resource_id": resource_id,
+                    }
+                    for patient in dict.fromkeys(patients)
+                ],
+            )
+
+    def _current_row(self, resource_type: str, resource_id: str, *, lock: bool = False) -> Any:
+        query = sa.select(
+            resource.c.version_id,
+            resource.c.last_updated,
+            resource.c.deleted,
+            resource.c.key_version,
+            resource.c.body,
+        ).where(
+            resource.c.tenant_id == self.tenant,
+            resource.c.resource_type == resource_type,
+            resource.c.id == resource_id,
+        )
+        if lock:
+            query = query.with_for_update()
+        return self.conn.execute(query).first()
+
+    def create(self, resource_type: str, body: dict[str, Any], *, resource_id: str | None = None) -> WriteResult:
+        """create (http.html#create): the server assigns the id; a client id is ignored."""
+        self.check_type(resource_type)
+        self._check_body(resource_type, body)
+        new_id = resource_id or str(uuid.uuid4())
+        try:
+            with self.conn.begin_nested():
+                version = self._write_version(resource_type, new_id, body, 1, "POST")
+        except IntegrityError:
+            raise Conflict(f"{resource_type}/{new_id} already exists") from None
+        return WriteResult(version=version, created=True)
+
+    def conditional_create(self, resource_type: str, body: dict[str, Any], if_none_exist: str) -> WriteResult:
+        """If-None-Exist (http.html#ccreate): 0 matches create, 1 returns it, more is 412."""
+        self.check_type(resource_type)
+        self._check_body(resource_type, body)
+        matches = self.find(resource_type, if_none_exist)
+        if len(matches) > 1:
+            raise PreconditionFailed(
+                f"If-None-Exist matched {len(matches)} {resource_type} resources; it must match at most one"
+            )
+        if matches:
+            return WriteResult(version=self.read(resource_type, matches[0]), created=False, existing=True)
+        return self.create(resource_type, body)
+
+    def find(self, resource_type: str, query: str) -> list[str]:
+        """Ids matching a search query string, for conditional interactions."""
+        query = query.lstrip("?")
+        if not query:
+            raise BadRequest("a conditional interaction needs search criteria")
+        return search_ids_for_condition(self.conn, self.keyring, self.tenant, resource_type, query)
+
+    def update(
+        self, resource_type: str, resource_id: str, body: dict[str, Any], *, if_match: str | None = None
+    ) -> WriteResult:
+        """update (http.html#update), with create-on-update for a new client-chosen id."""
+        self.check_type(resource_type)
+        if not ID_PATTERN.fullmatch(resource_id):
+            raise BadRequest(f"{resource_id!r} is not a valid resource id")
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object holding a FHIR resource")
+        if "id" not in body:
+            raise BadRequest("an update body must carry the resource id")
+        if body.get("id") != resource_id:
+            raise BadRequest(f"id {body.get('id')!r} in the body does not match {resource_id!r} in the URL")
+        self._check_body(resource_type, body)
+        current = self._current_row(resource_type, resource_id, lock=True)
+        expected = parse_etag(if_match) if if_match is not None else None
+        if current is None:
+            if expected is not None:
+                raise PreconditionFailed(f"{resource_type}/{resource_id} does not exist; If-Match cannot hold")
+            try:
+                with self.conn.begin_nested():
+                    version = self._write_version(resource_type, resource_id, body, 1, "PUT")
+            except IntegrityError:
+                raise PreconditionFailed(
+                    f"{resource_type}/{resource_id} was created concurrently"
+                ) from None
+            return WriteResult(version=version, created=True)
+        if expected is not None and expected != current.version_id:
+            raise PreconditionFailed(
+                f"If-Match version {expected} is stale: {resource_type}/{resource_id} is at version {current.version_id}"
+            )
+        version = self._write_version(resource_type, resource_id, body, current.version_id + 1, "PUT")
+        return WriteResult(version=version, created=False)
+
+    def conditional_update(
+        self, resource_type: str, query: str, body: dict[str, Any], *, if_match: str | None = None
+    ) -> WriteResult:
+        """Conditional update (http.html#cond-update)."""
+        self.check_type(resource_type)
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object holding a FHIR resource")
+        matches = self.find(resource_type, query)
+        if len(matches) > 1:
+            raise PreconditionFailed(
+                f"the conditional update matched {len(matches)} resources; it must match at most one"
+            )
+        if matches:
+            if "id" in body and body["id"] != matches[0]:
+                raise BadRequest(f"id {body['id']!r} in the body does not match the resource found ({matches[0]})")
+            return self.update(resource_type, matches[0], {**body, "id": matches[0]}, if_match=if_match)
+        if "id" in body:
+            return self.update(resource_type, str(body["id"]), body, if_match=if_match)
+        return self.create(resource_type, body)
+
+    def patch(
+        self, resource_type: str, resource_id: str, operations: Any, *, if_match: str | None = None
+    ) -> WriteResult:
+        """patch with JSON Patch (http.html#patch, RFC 6902)."""
+        self.check_type(resource_type)
+        if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+            raise BadRequest("a JSON Patch body must be an array of operation objects")
+        current = self.read(resource_type, resource_id)
+        assert current.body is not None
+        expected = parse_etag(if_match) if if_match is not None else None
+        if expected is not None and expected != current.version_id:
+            raise PreconditionFailed(
+                f"If-Match version {expected} is stale: {resource_type}/{resource_id} is at version {current.version_id}"
+            )
+        document = jsonio.loads(current.body)
+        try:
+            patched = jsonpatch.JsonPatch(operations).apply(document)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise Unprocessable(f"JSON Patch test failed: {exc}") from None
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+            raise Unprocessable(f"JSON Patch could not be applied: {exc}") from None
+        if not isinstance(patched, dict) or patched.get("id") != resource_id:
+            raise Unprocessable("a patch may not change the resource id")
+        if patched.get("resourceType") != resource_type:
+            raise Unprocessable("a patch may not change the resourceType")
+        return self.update(resource_type, resource_id, patched, if_match=str(current.version_id))
+
+    def delete(self, resource_type: str, resource_id: str) -> StoredVersion | None:
+        """Logical delete (http.html#delete): a new, empty version; history is kept.
+
+        Deleting a resource that is already deleted changes nothing (idempotent).
+        """
+        self.check_type(resource_type)
+        current = self._current_row(resource_type, resource_id, lock=True)
+        if current is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if current.deleted:
+            return None
+        return self._write_version(resource_type, resource_id, None, current.version_id + 1, "DELETE")
+
+    def conditional_delete(self, resource_type: str, query: str) -> int:
+        """Conditional delete (http.html#cdelete): zero or one match deleted; more is 412."""
+        self.check_type(resource_type)
+        matches = self.find(resource_type, query)
+        if len(matches) > 1:
+            raise PreconditionFailed(
+                f"the conditional delete matched {len(matches)} resources; it must match at most one"
+            )
+        for match in matches:
+            self.delete(resource_type, match)
+        return len(matches)
+
+    # --- reads ------------------------------------------------------------------------
+
+    def read(self, resource_type: str, resource_id: str) -> StoredVersion:
+        self.check_type(resource_type)
+        row = self._current_row(resource_type, resource_id)
+        if row is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if row.deleted:
+            raise Gone(f"{resource_type}/{resource_id} was deleted")
+        data = self._open(resource_type, resource_id, row.version_id, row.key_version, row.body)
+        return StoredVersion(
+            resource_type=resource_type,
+            id=resource_id,
+            version_id=row.version_id,
+            last_updated=as_utc(row.last_updated),
+            deleted=False,
+            body=data,
+        )
+
+    def read_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredVersion]:
+        """Current versions of ``ids`` in the given order; missing or deleted ones are skipped."""
+        if not ids:
+            return []
+        rows = self.conn.execute(
+            sa.select(
+                resource.c.id,
+                resource.c.version_id,
+                resource.c.last_updated,
+                resource.c.key_version,
+                resource.c.body,
+            ).where(
+                resource.c.tenant_id == self.tenant,
+                resource.c.resource_type == resource_type,
+                resource.c.id.in_(list(ids)),
+                resource.c.deleted.is_(False),
+            )
+        ).all()
+        by_id = {
+            row.id: StoredVersion(
+                resource_type=resource_type,
+                id=row.id,
+                version_id=row.version_id,
+                last_updated=as_utc(row.last_updated),
+                deleted=False,
+                body=self._open(resource_type, row.id, row.version_id, row.key_version, row.body),
+            )
+            for row in rows
+        }
+        return [by_id[i] for i in ids if i in by_id]
+
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> StoredVersion:
+        self.check_type(resource_type)
+        if not version_id.isdigit():
+            raise NotFound(f"{resource_type}/{resource_id} has no version {version_id!r}")
+        row = self.conn.execute(
+            sa.select(
+                resource_history.c.version_id,
+                resource_history.c.last_updated,
+                resource_history.c.deleted,
+                resource_history.c.key_version,
+                resource_history.c.body,
+                resource_history.c.method,
+            ).where(
+                resource_history.c.tenant_id == self.tenant,
+                resource_history.c.resource_type == resource_type,
+                resource_history.c.id == resource_id,
+                resource_history.c.version_id == int(version_id),
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"{resource_type}/{resource_id} has no version {version_id}")
+        if row.deleted:
+            raise Gone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
+        return StoredVersion(
+            resource_type=resource_type,
+            id=resource_id,
+            version_id=row.version_id,
+            last_updated=as_utc(row.last_updated),
+            deleted=False,
+            body=self._open(resource_type, resource_id, row.version_id, row.key_version, row.body),
+            method=row.method,
+        )
+
+    def history(
+        self,
+        resource_type: str | None,
+        resource_id: str | None,
+        *,
+        since: datetime | None = None,
+        count: int = 50,
+        cursor: int | None = None,
+    ) -> HistoryPage:
+        """history (http.html#history): newest first; keyset paging on the history sequence,
+        so pages stay stable while new versions are written."""
+        h = resource_history
+        conditions: list[Any] = [h.c.tenant_id == self.tenant]
+        if resource_type is not None:
+            self.check_type(resource_type)
+            conditions.append(h.c.resource_type == resource_type)
+        if resource_id is not None:
+            conditions.append(h.c.id == resource_id)
+        if since is not None:
+            conditions.append(h.c.last_updated >= since)
+        total: int | None = None
+        if resource_id is not None and resource_type is not None:
+            total = self.conn.execute(sa.select(sa.func.count()).where(*conditions)).scalar_one()
+            if total == 0:
+                raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if cursor is not None:
+            conditions.append(h.c.seq < cursor)
+        rows = self.conn.execute(
+            sa.select(
+                h.c.seq,
+                h.c.resource_type,
+                h.c.id,
+                h.c.version_id,
+                h.c.last_updated,
+                h.c.deleted,
+                h.c.key_version,
+                h.c.body,
+                h.c.method,
+            )
+            .where(*conditions)
+            .order_by(h.c.seq.desc())
+            .limit(count + 1)
+        ).all()
+        more = len(rows) > count
+        rows = rows[:count]
+        versions = [
+            StoredVersion(
+                resource_type=row.resource_type,
+                id=row.id,
+                version_id=row.version_id,
+                last_updated=as_utc(row.last_updated),
+                deleted=row.deleted,
+                body=None
+                if row.deleted
+                else self._open(row.resource_type, row.id, row.version_id, row.key_version, row.body),
+                method=row.method,
+            )
+            for row in rows
+        ]
+        return HistoryPage(versions=versions, next_cursor=rows[-1].seq if more and rows else None, total=total)
+
