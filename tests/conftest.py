@@ -101,7 +101,7 @@ def settings(tmp_path: Path, tenant: str, master_key: MasterKey) -> Settings:
         data_dir=tmp_path,
         default_tenant=tenant,
         master_key=base64.b64encode(master_key.key).decode(),
-        max_body_bytes=1_000_000,
+        max_body_bytes=5_000_000,
     )
 
 

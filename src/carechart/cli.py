@@ -27,6 +27,10 @@ def serve(
     from carechart.context import AppContext
     from carechart.db.migrate import upgrade
 
+    if not _is_loopback(host):
+        # No authentication exists yet: PHI must not be reachable from another machine.
+        console.print(f"[red]refusing to bind {host}: until authentication exists, serve binds loopback only")
+        raise typer.Exit(code=2)
     settings = get_settings()
     ctx = AppContext.from_settings(settings)
     upgrade(ctx.engine)
@@ -41,6 +45,17 @@ def serve(
         log_level="warning",
         access_log=False,
     )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @db_app.command("upgrade")

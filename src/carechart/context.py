@@ -30,5 +30,9 @@ class AppContext:
     @contextmanager
     def store(self, *, write: bool, tenant: str | None = None) -> Iterator[SqlResourceStore]:
         """One unit of work over the resource store; committed when the block succeeds."""
+        tenant = tenant or self.settings.default_tenant
+        # The tenant's data key is created, if need be, in its own transaction before the
+        # unit of work opens: SQLite has one writer, so it cannot happen inside it.
+        self.keyring.active(tenant)
         with unit_of_work(self.engine, write=write) as conn:
-            yield SqlResourceStore(conn, self.keyring, tenant or self.settings.default_tenant)
+            yield SqlResourceStore(conn, self.keyring, tenant)

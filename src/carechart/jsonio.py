@@ -20,6 +20,19 @@ class JsonError(BadRequest):
     """The body is not acceptable JSON."""
 
 
+class JsonDecimal(Decimal):
+    """A decimal that remembers the text it was read from, so it is written back verbatim
+    (``Decimal("0.0000000")`` alone would print as ``0E-7``)."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> JsonDecimal:
+        value = super().__new__(cls, text)
+        value.text = text
+        return value
+
+
 def _reject_constant(name: str) -> Any:
     raise JsonError(f"JSON value {name} is not allowed")
 
@@ -36,7 +49,7 @@ def _pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _decoder = json.JSONDecoder(
-    parse_float=Decimal, parse_constant=_reject_constant, object_pairs_hook=_pairs_to_dict
+    parse_float=JsonDecimal, parse_constant=_reject_constant, object_pairs_hook=_pairs_to_dict
 )
 
 
@@ -76,8 +89,11 @@ def loads(data: bytes | str, *, max_depth: int = 64) -> Any:
 
 
 def _default(value: Any) -> Any:
+    if isinstance(value, JsonDecimal):
+        return orjson.Fragment(value.text)
     if isinstance(value, Decimal):
-        return orjson.Fragment(str(value))
+        # Computed decimals: positional notation keeps every significant digit.
+        return orjson.Fragment(format(value, "f"))
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
