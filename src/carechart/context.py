@@ -35,4 +35,6 @@ class AppContext:
         # unit of work opens: SQLite has one writer, so it cannot happen inside it.
         self.keyring.active(tenant)
         with unit_of_work(self.engine, write=write) as conn:
-            yield SqlResourceStore(conn, self.keyring, tenant)
+            store = SqlResourceStore(conn, self.keyring, tenant)
+            yield store
+            store.flush()

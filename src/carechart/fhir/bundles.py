@@ -141,6 +141,7 @@ def _read_entry(store: SqlResourceStore, entry: _Entry, base: str) -> dict[str, 
         if not parts or not TYPE_PATTERN.fullmatch(parts[0]):
             raise EntryError(f"Bundle.entry[{entry.index}]: {entry.url!r} is not a search URL")
         store.check_type(parts[0])
+        store.flush()
         result = search(
             store.conn, store.keyring, store.tenant, parts[0], parse_qsl(query or "", keep_blank_values=True)
         )

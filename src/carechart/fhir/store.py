@@ -106,6 +106,12 @@ class SqlResourceStore:
         self.keyring = keyring
         self.tenant = tenant
         self.definitions = load_definitions()
+        self._pending: dict[sa.Table, list[dict[str, Any]]] = {
+            resource: [],
+            resource_history: [],
+            resource_compartment: [],
+        }
+        self._pending_index: list[tuple[str, str, dict[str, Any] | None]] = []
 
     # --- checks -----------------------------------------------------------------------
 
@@ -153,6 +159,8 @@ class SqlResourceStore:
         body: dict[str, Any] | None,
         version: int,
         method: str,
+        *,
+        deferrable: bool = False,
     ) -> StoredVersion:
         clock = datetime.now(UTC)
         # FHIR instants carry milliseconds; storing the same precision keeps _since exact.
@@ -179,6 +187,30 @@ class SqlResourceStore:
             "key_version": key_version,
             "body": sealed,
         }
+        if version == 1 and deferrable:
+            # A brand-new resource with a server-assigned id: nothing can conflict with it,
+            # so its rows wait for one batched INSERT per table at flush().
+            self._pending[resource].append(row)
+            self._pending[resource_history].append({**row, "method": method})
+            self._pending[resource_compartment].extend(self._compartment_rows(resource_type, resource_id, patients))
+            self._pending_index.append((resource_type, resource_id, stored))
+        else:
+            self.flush()
+            self._write_now(row, method, patients, stored)
+        return StoredVersion(
+            resource_type=resource_type,
+            id=resource_id,
+            version_id=version,
+            last_updated=now,
+            deleted=body is None,
+            body=data,
+            method=method,
+        )
+
+    def _write_now(
+        self, row: dict[str, Any], method: str, patients: list[str], stored: dict[str, Any] | None
+    ) -> None:
+        resource_type, resource_id, version = row["resource_type"], row["id"], row["version_id"]
         if version == 1:
             self.conn.execute(resource.insert(), row)
         else:
@@ -198,41 +230,49 @@ class SqlResourceStore:
                     f"{resource_type}/{resource_id} was changed concurrently; version {version - 1} is stale"
                 )
         self.conn.execute(resource_history.insert(), {**row, "method": method})
-        self._replace_compartment(resource_type, resource_id, patients)
-        index_resource(self.conn, self.keyring, self.tenant, resource_type, resource_id, stored)
-        return StoredVersion(
-            resource_type=resource_type,
-            id=resource_id,
-            version_id=version,
-            last_updated=now,
-            deleted=body is None,
-            body=data,
-            method=method,
-        )
-
-    def _replace_compartment(self, resource_type: str, resource_id: str, patients: list[str]) -> None:
-        self.conn.execute(
-            resource_compartment.delete().where(
-                resource_compartment.c.tenant_id == self.tenant,
-                resource_compartment.c.resource_type == resource_type,
-                resource_compartment.c.resource_id == resource_id,
-            )
-        )
-        if patients:
+        if version > 1:
             self.conn.execute(
-                resource_compartment.insert(),
-                [
-                    {
-                        "tenant_id": self.tenant,
-                        "patient_id": patient,
-                        "resource_type": resource_type,
-                        "resource_id": resource_id,
-                    }
-                    for patient in dict.fromkeys(patients)
-                ],
+                resource_compartment.delete().where(
+                    resource_compartment.c.tenant_id == self.tenant,
+                    resource_compartment.c.resource_type == resource_type,
+                    resource_compartment.c.resource_id == resource_id,
+                )
             )
+        compartment = self._compartment_rows(resource_type, resource_id, patients)
+        if compartment:
+            self.conn.execute(resource_compartment.insert(), compartment)
+        index_resource(self.conn, self.keyring, self.tenant, resource_type, resource_id, stored)
+
+    def _compartment_rows(self, resource_type: str, resource_id: str, patients: list[str]) -> list[dict[str, Any]]:
+        return [
+            {
+                "tenant_id": self.tenant,
+                "patient_id": patient,
+                "resource_type": resource_type,
+                "resource_id": resource_id,
+            }
+            for patient in dict.fromkeys(patients)
+        ]
+
+    def flush(self) -> None:
+        """Write the batched rows of new resources (one multi-row INSERT per table).
+
+        Every query flushes first, so a unit of work always reads its own writes; the unit of
+        work flushes before it commits.
+        """
+        if not self._pending_index:
+            return
+        for table in (resource, resource_history, resource_compartment):
+            rows = self._pending[table]
+            if rows:
+                self.conn.execute(table.insert(), rows)
+                rows.clear()
+        pending, self._pending_index = self._pending_index, []
+        for resource_type, resource_id, stored in pending:
+            index_resource(self.conn, self.keyring, self.tenant, resource_type, resource_id, stored)
 
     def _current_row(self, resource_type: str, resource_id: str, *, lock: bool = False) -> Any:
+        self.flush()
         query = sa.select(
             resource.c.version_id,
             resource.c.last_updated,
@@ -252,12 +292,10 @@ class SqlResourceStore:
         """create (http.html#create): the server assigns the id; a client id is ignored."""
         self.check_type(resource_type)
         self._check_body(resource_type, body)
+        # Ids come from the server (a fresh UUID here, or one the transaction processor drew
+        # the same way), so the insert cannot collide and may be batched.
         new_id = resource_id or str(uuid.uuid4())
-        try:
-            with self.conn.begin_nested():
-                version = self._write_version(resource_type, new_id, body, 1, "POST")
-        except IntegrityError:
-            raise Conflict(f"{resource_type}/{new_id} already exists") from None
+        version = self._write_version(resource_type, new_id, body, 1, "POST", deferrable=True)
         return WriteResult(version=version, created=True)
 
     def conditional_create(self, resource_type: str, body: dict[str, Any], if_none_exist: str) -> WriteResult:
@@ -278,6 +316,7 @@ class SqlResourceStore:
         query = query.lstrip("?")
         if not query:
             raise BadRequest("a conditional interaction needs search criteria")
+        self.flush()
         return search_ids_for_condition(self.conn, self.keyring, self.tenant, resource_type, query)
 
     def update(
@@ -300,12 +339,10 @@ class SqlResourceStore:
             if expected is not None:
                 raise PreconditionFailed(f"{resource_type}/{resource_id} does not exist; If-Match cannot hold")
             try:
-                with self.conn.begin_nested():
-                    version = self._write_version(resource_type, resource_id, body, 1, "PUT")
+                version = self._write_version(resource_type, resource_id, body, 1, "PUT")
             except IntegrityError:
-                raise PreconditionFailed(
-                    f"{resource_type}/{resource_id} was created concurrently"
-                ) from None
+                # Another transaction created the same id first; this one is aborted.
+                raise Conflict(f"{resource_type}/{resource_id} was created concurrently") from None
             return WriteResult(version=version, created=True)
         if expected is not None and expected != current.version_id:
             raise PreconditionFailed(
@@ -409,6 +446,7 @@ class SqlResourceStore:
         """Current versions of ``ids`` in the given order; missing or deleted ones are skipped."""
         if not ids:
             return []
+        self.flush()
         rows = self.conn.execute(
             sa.select(
                 resource.c.id,
@@ -440,6 +478,7 @@ class SqlResourceStore:
         self.check_type(resource_type)
         if not version_id.isdigit():
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id!r}")
+        self.flush()
         row = self.conn.execute(
             sa.select(
                 resource_history.c.version_id,
@@ -480,6 +519,7 @@ class SqlResourceStore:
     ) -> HistoryPage:
         """history (http.html#history): newest first; keyset paging on the history sequence,
         so pages stay stable while new versions are written."""
+        self.flush()
         h = resource_history
         conditions: list[Any] = [h.c.tenant_id == self.tenant]
         if resource_type is not None:
