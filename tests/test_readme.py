@@ -62,7 +62,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 break
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError(process.stderr.read().decode() if process.stderr else "serve exited")
+                raise RuntimeError(  # noqa: B904 (the cause is the exit, not the OSError)
+                    process.stderr.read().decode() if process.stderr else "serve exited"
+                )
             time.sleep(0.2)
     try:
         yield base

@@ -23,7 +23,9 @@ VERSION = "4.0.1"
 TARBALL = f"{PACKAGE}-{VERSION}.tgz"
 SHA256 = "dce87f1b5b9341867033f7d1f544fa1b5232503f6d62813887ac6b8a8b6cb682"
 
-DEFAULT_CACHE = Path(os.environ.get("CARECHART_FHIR_PACKAGE_DIR", Path.home() / ".cache" / "carechart"))
+DEFAULT_CACHE = Path(
+    os.environ.get("CARECHART_FHIR_PACKAGE_DIR", Path.home() / ".cache" / "carechart")
+)
 
 
 def sha256_of(path: Path) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -105,30 +106,58 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
     async def on_carechart_error(request: Request, exc: CarechartError) -> Response:
         if exc.status >= 500:
             log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
-        return render_error(request, exc.status, exc.code, exc.message, exc.issues, exc.details, exc.headers)
+        return render_error(
+            request, exc.status, exc.code, exc.message, exc.issues, exc.details, exc.headers
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code, fhir_code = _HTTP_CODES.get(exc.status_code, ("ERROR", "processing"))
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
         return render_error(
-            request, exc.status_code, code, message, [Issue(message=message, code=fhir_code)], headers=exc.headers
+            request,
+            exc.status_code,
+            code,
+            message,
+            [Issue(message=message, code=fhir_code)],
+            headers=dict(exc.headers) if exc.headers else None,
         )
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = [
-            Issue(message=str(e.get("msg", "invalid")), expression=".".join(str(p) for p in e.get("loc", ())))
+            Issue(
+                message=str(e.get("msg", "invalid")),
+                expression=".".join(str(p) for p in e.get("loc", ())),
+            )
             for e in exc.errors()
         ]
         return render_error(request, 400, "VALIDATION_ERROR", "the request is not valid", problems)
+
+    @app.exception_handler(OperationalError)
+    async def on_database_unavailable(request: Request, exc: OperationalError) -> Response:
+        # Fail closed (SECURITY F3): no database, no PHI; the client may retry.
+        log.error("database unavailable: %s", type(exc.orig).__name__)
+        message = "the database is unavailable; try again shortly"
+        return render_error(
+            request,
+            503,
+            "SERVICE_UNAVAILABLE",
+            message,
+            [Issue(message=message, code="transient")],
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         # Never echo the exception: it may hold PHI or SQL. Its type is enough to find it.
         log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
         return render_error(
-            request, 500, "INTERNAL_ERROR", "internal error", [Issue(message="internal error", code="exception")]
+            request,
+            500,
+            "INTERNAL_ERROR",
+            "internal error",
+            [Issue(message="internal error", code="exception")],
         )
 
     return app

@@ -61,7 +61,9 @@ def nesting_depth(value: Any) -> int:
         node, depth = stack.pop()
         if isinstance(node, dict):
             deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, (dict, list)))
+            stack.extend(
+                (child, depth + 1) for child in node.values() if isinstance(child, (dict, list))
+            )
         elif isinstance(node, list):
             deepest = max(deepest, depth)
             stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
@@ -80,9 +82,14 @@ def loads(data: bytes | str, *, max_depth: int = 64) -> Any:
     try:
         value = _decoder.decode(text)
     except json.JSONDecodeError as exc:
-        raise JsonError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise JsonError(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except RecursionError:
         raise JsonError(f"JSON nesting deeper than {max_depth} levels") from None
+    except ValueError as exc:
+        # e.g. an integer literal past Python's digit limit, or an invalid number
+        raise JsonError(f"malformed JSON: {exc}") from None
     if nesting_depth(value) > max_depth:
         raise JsonError(f"JSON nesting deeper than {max_depth} levels")
     return value

@@ -24,14 +24,17 @@ def patient(**extra: Any) -> dict[str, Any]:
 
 
 def create(client: TestClient, body: dict[str, Any], **headers: str) -> Any:
-    return client.post(f"/fhir/{body['resourceType']}", content=json.dumps(body), headers={**FHIR, **headers})
+    return client.post(
+        f"/fhir/{body['resourceType']}", content=json.dumps(body), headers={**FHIR, **headers}
+    )
 
 
 def outcome_text(response: Any) -> str:
     body = response.json()
     assert body["resourceType"] == "OperationOutcome", body
     return " ".join(
-        " ".join([issue.get("diagnostics", ""), *issue.get("expression", [])]) for issue in body["issue"]
+        " ".join([issue.get("diagnostics", ""), *issue.get("expression", [])])
+        for issue in body["issue"]
     )
 
 
@@ -59,7 +62,12 @@ def test_alias_base_serves_the_same_api(client: TestClient) -> None:
 
 
 def test_create_assigns_id_version_and_last_updated(client: TestClient) -> None:
-    response = create(client, patient(id="client-chosen", meta={"versionId": "99", "lastUpdated": "2000-01-01T00:00:00Z"}))
+    response = create(
+        client,
+        patient(
+            id="client-chosen", meta={"versionId": "99", "lastUpdated": "2000-01-01T00:00:00Z"}
+        ),
+    )
     assert response.status_code == 201
     body = response.json()
     assert body["id"] != "client-chosen"
@@ -105,7 +113,9 @@ def test_unknown_resource_type_is_404(client: TestClient) -> None:
 
 def test_update_creates_a_new_version_and_keeps_the_old(client: TestClient) -> None:
     pid = create(client, patient()).json()["id"]
-    updated = client.put(f"/fhir/Patient/{pid}", content=json.dumps(patient(id=pid, gender="other")), headers=FHIR)
+    updated = client.put(
+        f"/fhir/Patient/{pid}", content=json.dumps(patient(id=pid, gender="other")), headers=FHIR
+    )
     assert updated.status_code == 200
     assert updated.json()["meta"]["versionId"] == "2"
     assert client.get(f"/fhir/Patient/{pid}/_history/1").json()["gender"] == "male"
@@ -113,16 +123,26 @@ def test_update_creates_a_new_version_and_keeps_the_old(client: TestClient) -> N
 
 
 def test_update_with_a_new_client_id_creates_the_resource(client: TestClient) -> None:
-    response = client.put("/fhir/Patient/my-id-1", content=json.dumps(patient(id="my-id-1")), headers=FHIR)
+    response = client.put(
+        "/fhir/Patient/my-id-1", content=json.dumps(patient(id="my-id-1")), headers=FHIR
+    )
     assert response.status_code == 201
     assert response.json()["id"] == "my-id-1"
 
 
 def test_stale_if_match_gets_412(client: TestClient) -> None:
     pid = create(client, patient()).json()["id"]
-    ok = client.put(f"/fhir/Patient/{pid}", content=json.dumps(patient(id=pid)), headers={**FHIR, "If-Match": 'W/"1"'})
+    ok = client.put(
+        f"/fhir/Patient/{pid}",
+        content=json.dumps(patient(id=pid)),
+        headers={**FHIR, "If-Match": 'W/"1"'},
+    )
     assert ok.status_code == 200
-    stale = client.put(f"/fhir/Patient/{pid}", content=json.dumps(patient(id=pid)), headers={**FHIR, "If-Match": 'W/"1"'})
+    stale = client.put(
+        f"/fhir/Patient/{pid}",
+        content=json.dumps(patient(id=pid)),
+        headers={**FHIR, "If-Match": 'W/"1"'},
+    )
     assert stale.status_code == 412
     assert "stale" in outcome_text(stale)
     assert client.get(f"/fhir/Patient/{pid}").json()["meta"]["versionId"] == "2"
@@ -130,7 +150,9 @@ def test_stale_if_match_gets_412(client: TestClient) -> None:
 
 def test_update_id_mismatch_is_400_and_writes_nothing(client: TestClient) -> None:
     pid = create(client, patient()).json()["id"]
-    response = client.put(f"/fhir/Patient/{pid}", content=json.dumps(patient(id="other")), headers=FHIR)
+    response = client.put(
+        f"/fhir/Patient/{pid}", content=json.dumps(patient(id="other")), headers=FHIR
+    )
     assert response.status_code == 400
     assert "does not match" in outcome_text(response)
     assert client.get(f"/fhir/Patient/{pid}").json()["meta"]["versionId"] == "1"
@@ -148,7 +170,9 @@ def test_json_patch_changes_one_element(client: TestClient) -> None:
     pid = create(client, patient()).json()["id"]
     ops = [{"op": "replace", "path": "/gender", "value": "female"}]
     response = client.patch(
-        f"/fhir/Patient/{pid}", content=json.dumps(ops), headers={"Content-Type": "application/json-patch+json"}
+        f"/fhir/Patient/{pid}",
+        content=json.dumps(ops),
+        headers={"Content-Type": "application/json-patch+json"},
     )
     assert response.status_code == 200, response.text
     assert response.json()["gender"] == "female"
@@ -159,7 +183,9 @@ def test_patch_that_makes_the_resource_invalid_is_refused(client: TestClient) ->
     pid = create(client, patient()).json()["id"]
     ops = [{"op": "replace", "path": "/gender", "value": "robot"}]
     response = client.patch(
-        f"/fhir/Patient/{pid}", content=json.dumps(ops), headers={"Content-Type": "application/json-patch+json"}
+        f"/fhir/Patient/{pid}",
+        content=json.dumps(ops),
+        headers={"Content-Type": "application/json-patch+json"},
     )
     assert response.status_code == 400
     assert client.get(f"/fhir/Patient/{pid}").json()["gender"] == "male"
@@ -169,7 +195,9 @@ def test_patch_with_a_failing_test_op_is_422(client: TestClient) -> None:
     pid = create(client, patient()).json()["id"]
     ops = [{"op": "test", "path": "/gender", "value": "female"}]
     response = client.patch(
-        f"/fhir/Patient/{pid}", content=json.dumps(ops), headers={"Content-Type": "application/json-patch+json"}
+        f"/fhir/Patient/{pid}",
+        content=json.dumps(ops),
+        headers={"Content-Type": "application/json-patch+json"},
     )
     assert response.status_code == 422
 
@@ -215,7 +243,9 @@ def test_delete_of_unknown_resource_is_404(client: TestClient) -> None:
 def test_history_pages_newest_first_and_follows_next_links(client: TestClient) -> None:
     pid = create(client, patient()).json()["id"]
     for gender in ["female", "other", "unknown", "male"]:
-        client.put(f"/fhir/Patient/{pid}", content=json.dumps(patient(id=pid, gender=gender)), headers=FHIR)
+        client.put(
+            f"/fhir/Patient/{pid}", content=json.dumps(patient(id=pid, gender=gender)), headers=FHIR
+        )
     seen: list[str] = []
     url: str | None = f"/fhir/Patient/{pid}/_history?_count=2"
     while url:
@@ -229,7 +259,9 @@ def test_history_pages_newest_first_and_follows_next_links(client: TestClient) -
 def test_paging_is_stable_while_new_versions_are_written(client: TestClient) -> None:
     pid = create(client, patient()).json()["id"]
     for gender in ["female", "other"]:
-        client.put(f"/fhir/Patient/{pid}", content=json.dumps(patient(id=pid, gender=gender)), headers=FHIR)
+        client.put(
+            f"/fhir/Patient/{pid}", content=json.dumps(patient(id=pid, gender=gender)), headers=FHIR
+        )
     first = client.get(f"/fhir/Patient/{pid}/_history?_count=2").json()
     client.put(f"/fhir/Patient/{pid}", content=json.dumps(patient(id=pid)), headers=FHIR)
     next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
@@ -247,7 +279,9 @@ def test_type_and_system_history_with_since(client: TestClient) -> None:
     assert types == ["Observation", "Patient"]
     newer = client.get("/fhir/_history", params={"_since": marker}).json()["entry"]
     assert {e["resource"]["resourceType"] for e in newer} >= {"Observation"}
-    assert [e["resource"]["resourceType"] for e in client.get("/fhir/Patient/_history").json()["entry"]] == ["Patient"]
+    assert [
+        e["resource"]["resourceType"] for e in client.get("/fhir/Patient/_history").json()["entry"]
+    ] == ["Patient"]
 
 
 def test_history_with_a_bad_since_is_400(client: TestClient) -> None:
@@ -287,12 +321,18 @@ def test_unsupported_format_is_406(client: TestClient, fmt: str) -> None:
 
 
 def test_accept_xml_only_is_406(client: TestClient) -> None:
-    assert client.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"}).status_code == 406
+    assert (
+        client.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"}).status_code == 406
+    )
 
 
-@pytest.mark.parametrize("content_type", ["application/xml", "text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize(
+    "content_type", ["application/xml", "text/plain", "application/x-www-form-urlencoded"]
+)
 def test_unsupported_content_type_is_415(client: TestClient, content_type: str) -> None:
-    response = client.post("/fhir/Patient", content=json.dumps(patient()), headers={"Content-Type": content_type})
+    response = client.post(
+        "/fhir/Patient", content=json.dumps(patient()), headers={"Content-Type": content_type}
+    )
     assert response.status_code == 415
 
 
@@ -314,7 +354,9 @@ def test_unsupported_content_type_is_415(client: TestClient, content_type: str) 
         ("[" * 100 + "]" * 100, "nesting"),
     ],
 )
-def test_bad_bodies_get_a_precise_400_and_write_nothing(client: TestClient, body: str, expected: str) -> None:
+def test_bad_bodies_get_a_precise_400_and_write_nothing(
+    client: TestClient, body: str, expected: str
+) -> None:
     response = client.post("/fhir/Patient", content=body, headers=FHIR)
     assert response.status_code == 400, response.text
     assert expected in outcome_text(response)
@@ -322,7 +364,9 @@ def test_bad_bodies_get_a_precise_400_and_write_nothing(client: TestClient, body
 
 
 def test_oversized_body_is_413(client: TestClient) -> None:
-    big = json.dumps(patient(text={"status": "generated", "div": "<div>" + "x" * 5_100_000 + "</div>"}))
+    big = json.dumps(
+        patient(text={"status": "generated", "div": "<div>" + "x" * 5_100_000 + "</div>"})
+    )
     response = client.post("/fhir/Patient", content=big, headers=FHIR)
     assert response.status_code == 413
     assert client.get("/fhir/Patient/_history").json()["entry"] == []
@@ -344,7 +388,9 @@ def test_unknown_route_is_404_outcome(client: TestClient) -> None:
 def test_bad_if_match_is_400(client: TestClient) -> None:
     pid = create(client, patient()).json()["id"]
     response = client.put(
-        f"/fhir/Patient/{pid}", content=json.dumps(patient(id=pid)), headers={**FHIR, "If-Match": "banana"}
+        f"/fhir/Patient/{pid}",
+        content=json.dumps(patient(id=pid)),
+        headers={**FHIR, "If-Match": "banana"},
     )
     assert response.status_code == 400
 
@@ -355,9 +401,17 @@ MRN = {"system": "http://hospital.example/mrn", "value": "MRN-7"}
 
 
 def test_conditional_create_returns_the_existing_match(client: TestClient) -> None:
-    first = create(client, patient(identifier=[MRN]), **{"If-None-Exist": "identifier=http://hospital.example/mrn|MRN-7"})
+    first = create(
+        client,
+        patient(identifier=[MRN]),
+        **{"If-None-Exist": "identifier=http://hospital.example/mrn|MRN-7"},
+    )
     assert first.status_code == 201
-    second = create(client, patient(identifier=[MRN]), **{"If-None-Exist": "identifier=http://hospital.example/mrn|MRN-7"})
+    second = create(
+        client,
+        patient(identifier=[MRN]),
+        **{"If-None-Exist": "identifier=http://hospital.example/mrn|MRN-7"},
+    )
     assert second.status_code == 200
     assert second.json()["id"] == first.json()["id"]
 
@@ -365,7 +419,9 @@ def test_conditional_create_returns_the_existing_match(client: TestClient) -> No
 def test_conditional_create_with_several_matches_is_412(client: TestClient) -> None:
     create(client, patient(identifier=[MRN]))
     create(client, patient(identifier=[MRN]))
-    response = create(client, patient(), **{"If-None-Exist": "identifier=http://hospital.example/mrn|MRN-7"})
+    response = create(
+        client, patient(), **{"If-None-Exist": "identifier=http://hospital.example/mrn|MRN-7"}
+    )
     assert response.status_code == 412
 
 
@@ -373,7 +429,9 @@ def test_conditional_update_updates_the_single_match_or_creates(client: TestClie
     url = "/fhir/Patient?identifier=http://hospital.example/mrn|MRN-7"
     made = client.put(url, content=json.dumps(patient(identifier=[MRN])), headers=FHIR)
     assert made.status_code == 201
-    again = client.put(url, content=json.dumps(patient(identifier=[MRN], gender="female")), headers=FHIR)
+    again = client.put(
+        url, content=json.dumps(patient(identifier=[MRN], gender="female")), headers=FHIR
+    )
     assert again.status_code == 200
     assert again.json()["id"] == made.json()["id"]
     assert again.json()["meta"]["versionId"] == "2"
@@ -388,3 +446,26 @@ def test_conditional_delete_removes_the_match(client: TestClient) -> None:
 
 def test_conditional_delete_needs_criteria(client: TestClient) -> None:
     assert client.delete("/fhir/Patient").status_code == 400
+
+
+def test_capability_statement_lists_the_interactions_that_work(client: TestClient) -> None:
+    statement = client.get("/fhir/metadata").json()
+    patient_entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
+    codes = {i["code"] for i in patient_entry["interaction"]}
+    assert codes == {
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+        "search-type",
+    }
+    assert {i["code"] for i in statement["rest"][0]["interaction"]} == {
+        "transaction",
+        "batch",
+        "history-system",
+    }
+    assert statement["patchFormat"] == ["application/json-patch+json"]

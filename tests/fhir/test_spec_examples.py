@@ -12,7 +12,14 @@ from starlette.testclient import TestClient
 from carechart import jsonio
 
 FHIR = {"Content-Type": "application/fhir+json"}
-TYPES = ("Patient", "Observation", "MedicationRequest", "Encounter", "AllergyIntolerance", "Condition")
+TYPES = (
+    "Patient",
+    "Observation",
+    "MedicationRequest",
+    "Encounter",
+    "AllergyIntolerance",
+    "Condition",
+)
 PACKAGE = Path.home() / ".cache" / "carechart" / "hl7.fhir.r4.examples-4.0.1" / "package"
 
 
@@ -46,7 +53,9 @@ def _without_meta_times(resource: dict[str, Any]) -> dict[str, Any]:
 def test_spec_example_round_trips_exactly(client: TestClient, path: Path) -> None:
     original = jsonio.loads(path.read_bytes())
     response = client.put(
-        f"/fhir/{original['resourceType']}/{original['id']}", content=path.read_bytes(), headers=FHIR
+        f"/fhir/{original['resourceType']}/{original['id']}",
+        content=path.read_bytes(),
+        headers=FHIR,
     )
     if path.stem in INVALID_OFFICIAL:
         assert response.status_code == 400, response.text

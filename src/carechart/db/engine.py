@@ -31,7 +31,9 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
         return engine
     if sa_url.get_backend_name() == "postgresql" and sa_url.drivername == "postgresql":
         sa_url = sa_url.set(drivername="postgresql+psycopg")
-    return sa.create_engine(sa_url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping: it would cost a round trip per request. A dropped connection surfaces as a
+    # DBAPI error, which the application answers with 503, and the pool replaces it.
+    return sa.create_engine(sa_url, pool_size=pool_size, max_overflow=20, pool_recycle=1800)
 
 
 def _configure_sqlite(engine: Engine) -> None:
