@@ -49,7 +49,9 @@ def postgres_url() -> str | None:
     try:
         admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            ).first()
             if not exists:
                 conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
         admin.dispose()
@@ -69,7 +71,9 @@ def _reset_postgres(url: str) -> None:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+def engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
     """A migrated database on each engine, shared by the session (tests isolate by tenant)."""
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp("sqlite") / "carechart.db"

@@ -71,6 +71,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=20)
+        if process.stderr is not None:
+            process.stderr.close()
     key_file = data_dir / "keys" / "master.key"
     assert key_file.exists()
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"

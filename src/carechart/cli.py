@@ -9,7 +9,9 @@ from rich.console import Console
 
 from carechart.config import get_settings
 
-app = typer.Typer(help="Carechart: a FHIR R4 electronic health records server.", no_args_is_help=True)
+app = typer.Typer(
+    help="Carechart: a FHIR R4 electronic health records server.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console(stderr=True)
@@ -29,7 +31,9 @@ def serve(
 
     if not _is_loopback(host):
         # No authentication exists yet: PHI must not be reachable from another machine.
-        console.print(f"[red]refusing to bind {host}: until authentication exists, serve binds loopback only")
+        console.print(
+            f"[red]refusing to bind {host}: until authentication exists, serve binds loopback only"
+        )
         raise typer.Exit(code=2)
     settings = get_settings()
     ctx = AppContext.from_settings(settings)

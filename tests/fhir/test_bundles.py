@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-
 FHIR = {"Content-Type": "application/fhir+json"}
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -51,11 +50,17 @@ def test_transaction_rewrites_urn_uuid_references(client: TestClient) -> None:
     obs = client.get("/fhir/" + obs_location.split("/fhir/")[1].split("/_history")[0]).json()
     assert obs["subject"]["reference"] == patient_id
     assert obs["valueQuantity"]["value"] == 72.0
-    assert '"value":72.0' in client.get("/fhir/" + obs_location.split("/fhir/")[1].split("/_history")[0]).text
+    assert (
+        '"value":72.0'
+        in client.get("/fhir/" + obs_location.split("/fhir/")[1].split("/_history")[0]).text
+    )
 
 
 def test_transaction_with_one_bad_entry_writes_nothing(client: TestClient) -> None:
-    bad = {"resource": {"resourceType": "Patient", "gender": "robot"}, "request": {"method": "POST", "url": "Patient"}}
+    bad = {
+        "resource": {"resourceType": "Patient", "gender": "robot"},
+        "request": {"method": "POST", "url": "Patient"},
+    }
     response = post_bundle(client, txn(PATIENT_ENTRY, bad))
     assert response.status_code == 400
     text = json.dumps(response.json())
@@ -69,7 +74,10 @@ def test_transaction_processes_deletes_before_creates(client: TestClient) -> Non
     response = post_bundle(
         client,
         txn(
-            {"resource": {"resourceType": "Patient", "id": location.split("/")[1]}, "request": {"method": "PUT", "url": location}},
+            {
+                "resource": {"resourceType": "Patient", "id": location.split("/")[1]},
+                "request": {"method": "PUT", "url": location},
+            },
             {"request": {"method": "DELETE", "url": location}},
         ),
     )
@@ -81,14 +89,20 @@ def test_transaction_processes_deletes_before_creates(client: TestClient) -> Non
 def test_transaction_conditional_reference_resolves_by_search(client: TestClient) -> None:
     mrn = {"system": "http://hospital.example/mrn", "value": "C-1"}
     created = client.post(
-        "/fhir/Patient", content=json.dumps({"resourceType": "Patient", "identifier": [mrn]}), headers=FHIR
+        "/fhir/Patient",
+        content=json.dumps({"resourceType": "Patient", "identifier": [mrn]}),
+        headers=FHIR,
     ).json()
     obs = json.loads(json.dumps(OBS_ENTRY))
     obs["resource"]["subject"]["reference"] = "Patient?identifier=http://hospital.example/mrn|C-1"
     response = post_bundle(client, txn(obs))
     assert response.status_code == 200, response.text
-    location = response.json()["entry"][0]["response"]["location"].split("/fhir/")[1].split("/_history")[0]
-    assert client.get(f"/fhir/{location}").json()["subject"]["reference"] == f"Patient/{created['id']}"
+    location = (
+        response.json()["entry"][0]["response"]["location"].split("/fhir/")[1].split("/_history")[0]
+    )
+    assert (
+        client.get(f"/fhir/{location}").json()["subject"]["reference"] == f"Patient/{created['id']}"
+    )
 
 
 def test_transaction_conditional_reference_without_match_fails_whole(client: TestClient) -> None:
@@ -107,13 +121,18 @@ def test_transaction_if_none_exist_reuses_the_match(client: TestClient) -> None:
     second = post_bundle(client, txn(entry, OBS_ENTRY)).json()
     assert first["entry"][0]["response"]["status"].startswith("201")
     assert second["entry"][0]["response"]["status"].startswith("200")
-    obs_location = second["entry"][1]["response"]["location"].split("/fhir/")[1].split("/_history")[0]
+    obs_location = (
+        second["entry"][1]["response"]["location"].split("/fhir/")[1].split("/_history")[0]
+    )
     patient_id = first["entry"][0]["response"]["location"].split("/fhir/")[1].split("/_history")[0]
     assert client.get(f"/fhir/{obs_location}").json()["subject"]["reference"] == patient_id
 
 
 def test_batch_entries_succeed_or_fail_one_by_one(client: TestClient) -> None:
-    bad = {"resource": {"resourceType": "Patient", "gender": "robot"}, "request": {"method": "POST", "url": "Patient"}}
+    bad = {
+        "resource": {"resourceType": "Patient", "gender": "robot"},
+        "request": {"method": "POST", "url": "Patient"},
+    }
     missing = {"request": {"method": "GET", "url": "Patient/nope"}}
     response = post_bundle(client, txn(PATIENT_ENTRY, bad, missing, kind="batch"))
     assert response.status_code == 200
@@ -129,7 +148,9 @@ def test_batch_get_entry_returns_the_resource(client: TestClient) -> None:
     pid = client.post(
         "/fhir/Patient", content=json.dumps({"resourceType": "Patient"}), headers=FHIR
     ).json()["id"]
-    response = post_bundle(client, txn({"request": {"method": "GET", "url": f"Patient/{pid}"}}, kind="batch"))
+    response = post_bundle(
+        client, txn({"request": {"method": "GET", "url": f"Patient/{pid}"}}, kind="batch")
+    )
     assert response.json()["entry"][0]["resource"]["id"] == pid
 
 
@@ -139,12 +160,35 @@ def test_batch_get_entry_returns_the_resource(client: TestClient) -> None:
         ({"resourceType": "Patient"}, "Bundle"),
         ({"resourceType": "Bundle", "type": "collection"}, "collection"),
         ({"resourceType": "Bundle", "type": "transaction", "entry": {}}, "array"),
-        ({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Patient"}}]}, "request"),
-        ({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "FETCH", "url": "Patient"}}]}, "method"),
-        ({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "POST", "url": "Patient"}}]}, "needs a resource"),
+        (
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [{"resource": {"resourceType": "Patient"}}],
+            },
+            "request",
+        ),
+        (
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [{"request": {"method": "FETCH", "url": "Patient"}}],
+            },
+            "method",
+        ),
+        (
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [{"request": {"method": "POST", "url": "Patient"}}],
+            },
+            "needs a resource",
+        ),
     ],
 )
-def test_malformed_bundles_are_400(client: TestClient, bundle: dict[str, Any], expected: str) -> None:
+def test_malformed_bundles_are_400(
+    client: TestClient, bundle: dict[str, Any], expected: str
+) -> None:
     response = post_bundle(client, bundle)
     assert response.status_code == 400
     assert expected in json.dumps(response.json())
@@ -161,7 +205,9 @@ def synthea_bundles() -> list[Path]:
 
 
 @pytest.mark.parametrize("path", synthea_bundles(), ids=lambda p: p.name[:20])
-def test_synthea_bundle_ingests_with_every_reference_resolved(client: TestClient, path: Path) -> None:
+def test_synthea_bundle_ingests_with_every_reference_resolved(
+    client: TestClient, path: Path
+) -> None:
     bundle = json.loads(path.read_text())
     response = client.post("/fhir", content=path.read_bytes(), headers=FHIR)
     assert response.status_code == 200, response.text[:2000]

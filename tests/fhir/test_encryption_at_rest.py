@@ -39,10 +39,17 @@ def test_canary_phi_never_reaches_the_database(client: TestClient, ctx: AppConte
         "name": [{"family": canary, "given": [canary + "G"]}],
         "telecom": [{"system": "phone", "value": phone}],
         "identifier": [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": canary + "SSN"}],
-        "text": {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{canary} note</div>'},
+        "text": {
+            "status": "generated",
+            "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{canary} note</div>',
+        },
     }
     pid = client.post("/fhir/Patient", content=json.dumps(body), headers=FHIR).json()["id"]
-    client.put(f"/fhir/Patient/{pid}", content=json.dumps({**body, "id": pid, "gender": "female"}), headers=FHIR)
+    client.put(
+        f"/fhir/Patient/{pid}",
+        content=json.dumps({**body, "id": pid, "gender": "female"}),
+        headers=FHIR,
+    )
     assert canary in client.get(f"/fhir/Patient/{pid}").text
 
     engine = ctx.engine
@@ -53,21 +60,29 @@ def test_canary_phi_never_reaches_the_database(client: TestClient, ctx: AppConte
         database = engine.url.database
         assert database is not None
         engine.dispose()  # flush the WAL into the main file too
-        raw = Path(database).read_bytes() + (Path(database + "-wal").read_bytes() if Path(database + "-wal").exists() else b"")
+        raw = Path(database).read_bytes() + (
+            Path(database + "-wal").read_bytes() if Path(database + "-wal").exists() else b""
+        )
         assert canary.encode() not in raw
         assert canary.lower().encode() not in raw
 
 
 def test_a_body_copied_into_another_row_fails_to_open(client: TestClient, ctx: AppContext) -> None:
-    first = client.post("/fhir/Patient", content='{"resourceType":"Patient","gender":"male"}', headers=FHIR).json()["id"]
-    second = client.post("/fhir/Patient", content='{"resourceType":"Patient","gender":"female"}', headers=FHIR).json()["id"]
+    first = client.post(
+        "/fhir/Patient", content='{"resourceType":"Patient","gender":"male"}', headers=FHIR
+    ).json()["id"]
+    second = client.post(
+        "/fhir/Patient", content='{"resourceType":"Patient","gender":"female"}', headers=FHIR
+    ).json()["id"]
     tenant = ctx.settings.default_tenant
     with ctx.engine.begin() as conn:
         sealed = conn.execute(
             sa.select(resource.c.body).where(resource.c.tenant_id == tenant, resource.c.id == first)
         ).scalar_one()
         conn.execute(
-            resource.update().where(resource.c.tenant_id == tenant, resource.c.id == second).values(body=sealed)
+            resource.update()
+            .where(resource.c.tenant_id == tenant, resource.c.id == second)
+            .values(body=sealed)
         )
     response = client.get(f"/fhir/Patient/{second}")
     assert response.status_code == 500

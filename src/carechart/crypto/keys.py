@@ -64,9 +64,9 @@ def load_master_key(env_value: str | None, key_file: Path) -> MasterKey:
 
 def derive_key(data_key: bytes, purpose: str) -> bytes:
     """Per-purpose subkeys (blind indexes, fields) from a tenant data key (RFC 5869 HKDF)."""
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=purpose.encode()).derive(
-        data_key
-    )
+    return HKDF(
+        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=purpose.encode()
+    ).derive(data_key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,18 +88,29 @@ def _parse_entry(index: int, raw: Any) -> _Entry:
     method = request.get("method")
     url = request.get("url")
     if method not in _ORDER:
-        raise EntryError(f"{where}.request.method {method!r} is not one of GET, HEAD, POST, PUT, PATCH, DELETE")
+        raise EntryError(
+            f"{where}.request.method {method!r} is not one of GET, HEAD, POST, PUT, PATCH, DELETE"
+        )
     if not isinstance(url, str) or not url:
         raise EntryError(f"{where}.request.url is required")
     resource = raw.get("resource")
     if method in ("POST", "PUT") and not isinstance(resource, dict):
         raise EntryError(f"{where}: a {method} entry needs a resource")
     if method == "PATCH":
-        raise EntryError(f"{where}: PATCH entries need a Binary JSON Patch, which is not supported here")
+        raise EntryError(
+            f"{where}: PATCH entries need a Binary JSON Patch, which is not supported here"
+        )
     full_url = raw.get("fullUrl")
     if full_url is not None and not isinstance(full_url, str):
         raise EntryError(f"{where}.fullUrl must be a string")
-    return _Entry(index, method, url.lstrip("/"), resource if isinstance(resource, dict) else None, full_url, request)
+    return _Entry(
+        index,
+        method,
+        url.lstrip("/"),
+        resource if isinstance(resource, dict) else None,
+        full_url,
+        request,
+    )
 
 
 def _split_url(url: str) -> tuple[list[str], str | None]:
@@ -107,23 +118,26 @@ def _split_url(url: str) -> tuple[list[str], str | None]:
     return [p for p in path.split("/") if p], (query if sep else None)
 
 
-def _rewrite_references(value: Any, mapping: dict[str, str], resolve: Callable[[str], str]) -> Any:
-    """Rewrite Reference.reference values that name another entry or a search."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str):
-                if item in mapping:
-                    item = mapping[item]
-                elif "?" in item and not item.startswith(("http:", "https:", "urn:")):
-                    item = resolve(item)
-                out[key] = item
-            else:
-                out[key] = _rewrite_references(item, mapping, resolve)
-        return out
-    if isinstance(value, list):
-        return [_rewrite_references(item, mapping, resolve) for item in value]
-    return value
+def _rewrite_references(value: Any, mapping: dict[str, str], resolve: Callable[[str], str]) -> None:
+    """Rewrite, in place, Reference.reference values that name another entry or a search.
+
+    The Bundle was parsed for this request alone, so changing it in place is safe and saves
+    copying every resource of a large transaction.
+    """
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if key == "reference" and isinstance(item, str):
+                    if item in mapping:
+                        node[key] = mapping[item]
+                    elif "?" in item and not item.startswith(("http:", "https:", "urn:")):
+                        node[key] = resolve(item)
+                elif isinstance(item, (dict, list)):
+                    stack.append(item)
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, (dict, list)))
 
 
 def _entry_response(version: StoredVersion | None, status: int, base: str) -> dict[str, Any]:
@@ -143,7 +157,11 @@ def _read_entry(store: SqlResourceStore, entry: _Entry, base: str) -> dict[str, 
         store.check_type(parts[0])
         store.flush()
         result = search(
-            store.conn, store.keyring, store.tenant, parts[0], parse_qsl(query or "", keep_blank_values=True)
+            store.conn,
+            store.keyring,
+            store.tenant,
+            parts[0],
+            parse_qsl(query or "", keep_blank_values=True),
         )
         versions = store.read_many(parts[0], result.ids)
         bundle = {
@@ -151,7 +169,10 @@ def _read_entry(store: SqlResourceStore, entry: _Entry, base: str) -> dict[str, 
             "type": "searchset",
             "total": result.total,
             "entry": [
-                {"fullUrl": f"{base}/{v.resource_type}/{v.id}", "resource": orjson.Fragment(v.body or b"{}")}
+                {
+                    "fullUrl": f"{base}/{v.resource_type}/{v.id}",
+                    "resource": orjson.Fragment(v.body or b"{}"),
+                }
                 for v in versions
             ],
         }
@@ -161,7 +182,9 @@ def _read_entry(store: SqlResourceStore, entry: _Entry, base: str) -> dict[str, 
     elif len(parts) == 4 and parts[2] == "_history":
         version = store.vread(parts[0], parts[1], parts[3])
     else:
-        raise EntryError(f"Bundle.entry[{entry.index}]: GET {entry.url!r} is not supported in a Bundle")
+        raise EntryError(
+            f"Bundle.entry[{entry.index}]: GET {entry.url!r} is not supported in a Bundle"
+        )
     assert version.body is not None
     return {"resource": orjson.Fragment(version.body), **_entry_response(version, 200, base)}
 
@@ -193,7 +216,9 @@ def _run_entry(store: SqlResourceStore, entry: _Entry, base: str) -> dict[str, A
         assert entry.resource is not None
         if_match = entry.request.get("ifMatch")
         if query is not None and len(parts) == 1:
-            result = store.conditional_update(resource_type, query, entry.resource, if_match=if_match)
+            result = store.conditional_update(
+                resource_type, query, entry.resource, if_match=if_match
+            )
         elif len(parts) == 2:
             result = store.update(resource_type, parts[1], entry.resource, if_match=if_match)
         else:
@@ -218,7 +243,11 @@ def _assign_targets(store: SqlResourceStore, entries: list[_Entry]) -> dict[str,
         if entry.method == "POST" and entry.resource is not None and len(parts) == 1:
             if_none_exist = entry.request.get("ifNoneExist")
             target_id = str(uuid.uuid4())
-            if isinstance(if_none_exist, str) and if_none_exist and TYPE_PATTERN.fullmatch(parts[0]):
+            if (
+                isinstance(if_none_exist, str)
+                and if_none_exist
+                and TYPE_PATTERN.fullmatch(parts[0])
+            ):
                 store.check_type(parts[0])
                 found = store.find(parts[0], if_none_exist)
                 if len(found) == 1:
@@ -235,7 +264,9 @@ def _assign_targets(store: SqlResourceStore, entries: list[_Entry]) -> dict[str,
                 entry.target = f"{parts[0]}/{entry.resource.get('id') or uuid.uuid4()}"
         if entry.target and entry.full_url:
             if entry.full_url in mapping:
-                raise EntryError(f"Bundle.entry[{entry.index}].fullUrl {entry.full_url!r} appears twice")
+                raise EntryError(
+                    f"Bundle.entry[{entry.index}].fullUrl {entry.full_url!r} appears twice"
+                )
             mapping[entry.full_url] = entry.target
     return mapping
 
@@ -247,7 +278,9 @@ def transaction(store: SqlResourceStore, bundle: dict[str, Any], base: str) -> d
     def resolve(reference: str) -> str:
         resource_type, _, query = reference.partition("?")
         if not TYPE_PATTERN.fullmatch(resource_type):
-            raise BadRequest(f"conditional reference {reference!r} does not start with a resource type")
+            raise BadRequest(
+                f"conditional reference {reference!r} does not start with a resource type"
+            )
         store.check_type(resource_type)
         found = store.find(resource_type, query)
         if len(found) != 1:
@@ -260,17 +293,24 @@ def transaction(store: SqlResourceStore, bundle: dict[str, Any], base: str) -> d
     for entry in sorted(entries, key=lambda e: _ORDER[e.method]):
         try:
             if entry.resource is not None:
-                entry.resource = _rewrite_references(entry.resource, mapping, resolve)
+                _rewrite_references(entry.resource, mapping, resolve)
                 if entry.method == "PUT" and entry.target and "?" in entry.url:
                     entry.resource = {**entry.resource, "id": entry.target.split("/", 1)[1]}
             responses[entry.index] = _run_entry(store, entry, base)
         except CarechartError as error:
             # Name the entry; the exception unwinds the unit of work, so nothing is kept.
-            error.message = f"Bundle.entry[{entry.index}] ({entry.method} {entry.url}): {error.message}"
+            error.message = (
+                f"Bundle.entry[{entry.index}] ({entry.method} {entry.url}): {error.message}"
+            )
             error.issues = [
-                Issue(message=f"Bundle.entry[{entry.index}]: {i.message}", code=i.code, severity=i.severity,
-                      expression=f"Bundle.entry[{entry.index}].resource.{i.expression.split('.', 1)[1]}"
-                      if i.expression and "." in i.expression else i.expression)
+                Issue(
+                    message=f"Bundle.entry[{entry.index}]: {i.message}",
+                    code=i.code,
+                    severity=i.severity,
+                    expression=f"Bundle.entry[{entry.index}].resource.{i.expression.split('.', 1)[1]}"
+                    if i.expression and "." in i.expression
+                    else i.expression,
+                )
                 for i in error.issues
             ]
             raise
@@ -294,7 +334,12 @@ def batch(open_store: StoreFactory, bundle: dict[str, Any], base: str) -> dict[s
                 responses.append(_run_entry(store, entry, base))
         except CarechartError as error:
             responses.append(
-                {"response": {"status": _status(error.status), "outcome": operation_outcome(error.issues)}}
+                {
+                    "response": {
+                        "status": _status(error.status),
+                        "outcome": operation_outcome(error.issues),
+                    }
+                }
             )
     return {"resourceType": "Bundle", "type": "batch-response", "entry": responses}
 

@@ -12,7 +12,17 @@ from typing import Any
 from carechart import __version__
 from carechart.fhir.definitions import load_definitions
 
-_TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
+_TYPE_INTERACTIONS = [
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+]
 
 
 @lru_cache(maxsize=1)

@@ -49,7 +49,9 @@ def negotiate(request: Request) -> None:
     raise NotAcceptable(f"Accept {accept!r} cannot be satisfied; this server speaks {FHIR_JSON}")
 
 
-def require_content_type(request: Request, allowed: tuple[str, ...] = (FHIR_JSON, "application/json")) -> None:
+def require_content_type(
+    request: Request, allowed: tuple[str, ...] = (FHIR_JSON, "application/json")
+) -> None:
     content_type = request.headers.get("content-type")
     if content_type is None:
         raise UnsupportedMediaType(f"a body needs a Content-Type: {' or '.join(allowed)}")
@@ -141,5 +143,7 @@ def write_response(
     if preference == "minimal":
         return fhir_response(None, status=status, headers=headers)
     if preference == "OperationOutcome":
-        return fhir_response(information(message), status=status, headers=headers, pretty=is_pretty(request))
+        return fhir_response(
+            information(message), status=status, headers=headers, pretty=is_pretty(request)
+        )
     return fhir_response(version.body, status=status, headers=headers, pretty=is_pretty(request))

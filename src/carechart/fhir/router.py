@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from carechart import jsonio
 from carechart.context import AppContext
 from carechart.errors import BadRequest, NotFound
 from carechart.fhir import bundles
@@ -33,7 +34,7 @@ from carechart.fhir.http import (
 )
 from carechart.fhir.model import ID_PATTERN, TYPE_PATTERN, StoredVersion
 from carechart.fhir.outcome import information
-from carechart.fhir.search import search
+from carechart.fhir.search import blind_params, confirm_candidate, search
 from carechart.fhir.store import HistoryPage, SqlResourceStore
 
 T = TypeVar("T")
@@ -92,7 +93,9 @@ def _history_bundle(request: Request, page: HistoryPage) -> dict[str, Any]:
         method = version.method if version.method in ("POST", "PUT", "DELETE") else "PUT"
         entry["request"] = {
             "method": method,
-            "url": version.resource_type if method == "POST" else f"{version.resource_type}/{version.id}",
+            "url": version.resource_type
+            if method == "POST"
+            else f"{version.resource_type}/{version.id}",
         }
         status = {"POST": "201 Created", "DELETE": "204 No Content"}.get(method, "200 OK")
         entry["response"] = {
@@ -166,7 +169,9 @@ def _parse_instant(value: str, name: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise BadRequest(f"{name}={value!r} is not a FHIR instant such as 2024-01-31T12:00:00Z") from None
+        raise BadRequest(
+            f"{name}={value!r} is not a FHIR instant such as 2024-01-31T12:00:00Z"
+        ) from None
     if moment.tzinfo is None:
         raise BadRequest(f"{name}={value!r} needs a time zone")
     return moment
@@ -189,7 +194,9 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         settings = _ctx(request).settings
         bundles.check_shape(body, settings.max_bundle_entries)
         if body.get("type") == "transaction":
-            result = await _in_store(request, True, lambda store: bundles.transaction(store, body, base))
+            result = await _in_store(
+                request, True, lambda store: bundles.transaction(store, body, base)
+            )
         else:
             ctx = _ctx(request)
             result = await run_in_threadpool(
@@ -212,7 +219,9 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         _check_type_syntax(resource_type)
         since, count, cursor = _history_params(request)
         page = await _in_store(
-            request, False, lambda s: s.history(resource_type, None, since=since, count=count, cursor=cursor)
+            request,
+            False,
+            lambda s: s.history(resource_type, None, since=since, count=count, cursor=cursor),
         )
         return fhir_response(_history_bundle(request, page), pretty=is_pretty(request))
 
@@ -231,10 +240,18 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         result = await _in_store(request, True, work)
         if result.existing:
             return write_response(
-                request, result.version, status=200, base=base_url(request), message="matched an existing resource"
+                request,
+                result.version,
+                status=200,
+                base=base_url(request),
+                message="matched an existing resource",
             )
         return write_response(
-            request, result.version, status=201, base=base_url(request), message=f"created {result.version.location}"
+            request,
+            result.version,
+            status=201,
+            base=base_url(request),
+            message=f"created {result.version.location}",
         )
 
     @router.get("/" + TYPE_PATH, summary="search")
@@ -255,7 +272,9 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         ]
         return await _search(request, resource_type, params)
 
-    async def _search(request: Request, resource_type: str, params: list[tuple[str, str]]) -> Response:
+    async def _search(
+        request: Request, resource_type: str, params: list[tuple[str, str]]
+    ) -> Response:
         settings = _ctx(request).settings
         strict = prefer_strict(request)
         count = settings.default_page_size
@@ -286,11 +305,21 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
                 [*query, ("_count", str(count)), ("_offset", str(offset))],
                 strict=strict,
             )
-            return result, store.read_many(resource_type, result.ids)
+            versions = store.read_many(resource_type, result.ids)
+            if blind_params(resource_type, query):
+                # Blind indexes answer with candidates; only true matches are served.
+                versions = [
+                    v
+                    for v in versions
+                    if v.body is not None
+                    and confirm_candidate(resource_type, jsonio.loads(v.body), query)
+                ]
+            return result, versions
 
         result, versions = await _in_store(request, False, work)
         return fhir_response(
-            _searchset(request, resource_type, result, versions, count, offset), pretty=is_pretty(request)
+            _searchset(request, resource_type, result, versions, count, offset),
+            pretty=is_pretty(request),
         )
 
     def _searchset(
@@ -349,7 +378,9 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         query = request.url.query
         if_match = request.headers.get("if-match")
         result = await _in_store(
-            request, True, lambda s: s.conditional_update(resource_type, query, body, if_match=if_match)
+            request,
+            True,
+            lambda s: s.conditional_update(resource_type, query, body, if_match=if_match),
         )
         return write_response(
             request,
@@ -364,7 +395,9 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         negotiate(request)
         _check_type_syntax(resource_type)
         query = request.url.query
-        deleted = await _in_store(request, True, lambda s: s.conditional_delete(resource_type, query))
+        deleted = await _in_store(
+            request, True, lambda s: s.conditional_delete(resource_type, query)
+        )
         return fhir_response(information(f"deleted {deleted} resource(s)"), status=200)
 
     @router.get("/" + TYPE_PATH + "/{resource_id}", summary="read")
@@ -373,7 +406,9 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         _check_type_syntax(resource_type)
         _check_id_syntax(resource_type, resource_id)
         version = await _in_store(request, False, lambda s: s.read(resource_type, resource_id))
-        return fhir_response(version.body, headers=version_headers(version), pretty=is_pretty(request))
+        return fhir_response(
+            version.body, headers=version_headers(version), pretty=is_pretty(request)
+        )
 
     @router.put("/" + TYPE_PATH + "/{resource_id}", summary="update (create-on-update allowed)")
     async def update(request: Request, resource_type: str, resource_id: str) -> Response:
@@ -399,13 +434,21 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         _check_id_syntax(resource_type, resource_id)
         require_content_type(request, (JSON_PATCH,))
         settings = _ctx(request).settings
-        operations = parse_json_body(await read_body(request, settings.max_body_bytes), settings.max_json_depth)
+        operations = parse_json_body(
+            await read_body(request, settings.max_body_bytes), settings.max_json_depth
+        )
         if_match = request.headers.get("if-match")
         result = await _in_store(
-            request, True, lambda s: s.patch(resource_type, resource_id, operations, if_match=if_match)
+            request,
+            True,
+            lambda s: s.patch(resource_type, resource_id, operations, if_match=if_match),
         )
         return write_response(
-            request, result.version, status=200, base=base_url(request), message=f"patched {result.version.location}"
+            request,
+            result.version,
+            status=200,
+            base=base_url(request),
+            message=f"patched {result.version.location}",
         )
 
     @router.delete("/" + TYPE_PATH + "/{resource_id}", summary="delete (logical)")
@@ -426,16 +469,24 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         page = await _in_store(
             request,
             False,
-            lambda s: s.history(resource_type, resource_id, since=since, count=count, cursor=cursor),
+            lambda s: s.history(
+                resource_type, resource_id, since=since, count=count, cursor=cursor
+            ),
         )
         return fhir_response(_history_bundle(request, page), pretty=is_pretty(request))
 
     @router.get("/" + TYPE_PATH + "/{resource_id}/_history/{version_id}", summary="vread")
-    async def vread(request: Request, resource_type: str, resource_id: str, version_id: str) -> Response:
+    async def vread(
+        request: Request, resource_type: str, resource_id: str, version_id: str
+    ) -> Response:
         negotiate(request)
         _check_type_syntax(resource_type)
         _check_id_syntax(resource_type, resource_id)
-        version = await _in_store(request, False, lambda s: s.vread(resource_type, resource_id, version_id))
-        return fhir_response(version.body, headers=version_headers(version), pretty=is_pretty(request))
+        version = await _in_store(
+            request, False, lambda s: s.vread(resource_type, resource_id, version_id)
+        )
+        return fhir_response(
+            version.body, headers=version_headers(version), pretty=is_pretty(request)
+        )
 
     return router

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 import jsonpatch
 import sqlalchemy as sa
@@ -23,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from carechart import jsonio
 from carechart.crypto.aead import open_sealed, resource_ad, seal
 from carechart.crypto.keys import KeyRing
+from carechart.db.engine import bulk_insert
 from carechart.db.schema import resource, resource_compartment, resource_history
 from carechart.errors import (
     BadRequest,
@@ -35,7 +37,14 @@ from carechart.errors import (
 )
 from carechart.fhir.definitions import load_definitions
 from carechart.fhir.model import ID_PATTERN, StoredVersion, WriteResult, as_utc, format_instant
-from carechart.fhir.search import compartment_patients, index_resource, search_ids_for_condition
+from carechart.fhir.search import (
+    blind_params,
+    compartment_patients,
+    confirm_candidate,
+    index_resource,
+    index_rows,
+    search_ids_for_condition,
+)
 from carechart.fhir.validation import validate_resource
 
 
@@ -78,11 +87,13 @@ def parse_etag(value: str) -> int:
         text = text[2:]
     text = text.strip('"')
     if not text.isdigit():
-        raise BadRequest(f"If-Match {value!r} is not a version ETag such as W/\"1\"")
+        raise BadRequest(f'If-Match {value!r} is not a version ETag such as W/"1"')
     return int(text)
 
 
-def _server_meta(body: dict[str, Any], resource_id: str, version: int, now: datetime) -> dict[str, Any]:
+def _server_meta(
+    body: dict[str, Any], resource_id: str, version: int, now: datetime
+) -> dict[str, Any]:
     """The body as stored: client content kept in order, id and meta set by the server.
 
     Clients cannot set server-owned fields (SECURITY B6): id on create, meta.versionId and
@@ -111,7 +122,7 @@ class SqlResourceStore:
             resource_history: [],
             resource_compartment: [],
         }
-        self._pending_index: list[tuple[str, str, dict[str, Any] | None]] = []
+        self._pending_count = 0
 
     # --- checks -----------------------------------------------------------------------
 
@@ -139,7 +150,9 @@ class SqlResourceStore:
 
     # --- sealing ----------------------------------------------------------------------
 
-    def _seal(self, resource_type: str, resource_id: str, version: int, data: bytes) -> tuple[int, bytes]:
+    def _seal(
+        self, resource_type: str, resource_id: str, version: int, data: bytes
+    ) -> tuple[int, bytes]:
         key = self.keyring.active(self.tenant)
         ad = resource_ad(self.tenant, resource_type, resource_id, version)
         return key.version, seal(key.key, data, ad)
@@ -148,7 +161,9 @@ class SqlResourceStore:
         self, resource_type: str, resource_id: str, version: int, key_version: int, sealed: bytes
     ) -> bytes:
         key = self.keyring.version(self.tenant, key_version)
-        return open_sealed(key.key, sealed, resource_ad(self.tenant, resource_type, resource_id, version))
+        return open_sealed(
+            key.key, sealed, resource_ad(self.tenant, resource_type, resource_id, version)
+        )
 
     # --- writes -----------------------------------------------------------------------
 
@@ -187,13 +202,19 @@ class SqlResourceStore:
             "key_version": key_version,
             "body": sealed,
         }
-        if version == 1 and deferrable:
+        if version == 1 and deferrable and stored is not None:
             # A brand-new resource with a server-assigned id: nothing can conflict with it,
             # so its rows wait for one batched INSERT per table at flush().
             self._pending[resource].append(row)
             self._pending[resource_history].append({**row, "method": method})
-            self._pending[resource_compartment].extend(self._compartment_rows(resource_type, resource_id, patients))
-            self._pending_index.append((resource_type, resource_id, stored))
+            self._pending[resource_compartment].extend(
+                self._compartment_rows(resource_type, resource_id, patients)
+            )
+            for table, rows in index_rows(
+                self.keyring, self.tenant, resource_type, resource_id, stored
+            ).items():
+                self._pending.setdefault(table, []).extend(rows)
+            self._pending_count += 1
         else:
             self.flush()
             self._write_now(row, method, patients, stored)
@@ -222,7 +243,13 @@ class SqlResourceStore:
                     resource.c.id == resource_id,
                     resource.c.version_id == version - 1,
                 )
-                .values(**{k: v for k, v in row.items() if k not in ("tenant_id", "resource_type", "id")})
+                .values(
+                    **{
+                        k: v
+                        for k, v in row.items()
+                        if k not in ("tenant_id", "resource_type", "id")
+                    }
+                )
             )
             if updated.rowcount != 1:
                 # Someone else wrote version N first (the WHERE re-checks after their commit).
@@ -243,7 +270,9 @@ class SqlResourceStore:
             self.conn.execute(resource_compartment.insert(), compartment)
         index_resource(self.conn, self.keyring, self.tenant, resource_type, resource_id, stored)
 
-    def _compartment_rows(self, resource_type: str, resource_id: str, patients: list[str]) -> list[dict[str, Any]]:
+    def _compartment_rows(
+        self, resource_type: str, resource_id: str, patients: list[str]
+    ) -> list[dict[str, Any]]:
         return [
             {
                 "tenant_id": self.tenant,
@@ -260,16 +289,14 @@ class SqlResourceStore:
         Every query flushes first, so a unit of work always reads its own writes; the unit of
         work flushes before it commits.
         """
-        if not self._pending_index:
+        if not self._pending_count:
             return
-        for table in (resource, resource_history, resource_compartment):
-            rows = self._pending[table]
+        # resource first: the other tables describe rows of it.
+        for table, rows in self._pending.items():
             if rows:
-                self.conn.execute(table.insert(), rows)
+                bulk_insert(self.conn, table, rows)
                 rows.clear()
-        pending, self._pending_index = self._pending_index, []
-        for resource_type, resource_id, stored in pending:
-            index_resource(self.conn, self.keyring, self.tenant, resource_type, resource_id, stored)
+        self._pending_count = 0
 
     def _current_row(self, resource_type: str, resource_id: str, *, lock: bool = False) -> Any:
         self.flush()
@@ -288,7 +315,9 @@ class SqlResourceStore:
             query = query.with_for_update()
         return self.conn.execute(query).first()
 
-    def create(self, resource_type: str, body: dict[str, Any], *, resource_id: str | None = None) -> WriteResult:
+    def create(
+        self, resource_type: str, body: dict[str, Any], *, resource_id: str | None = None
+    ) -> WriteResult:
         """create (http.html#create): the server assigns the id; a client id is ignored."""
         self.check_type(resource_type)
         self._check_body(resource_type, body)
@@ -298,7 +327,9 @@ class SqlResourceStore:
         version = self._write_version(resource_type, new_id, body, 1, "POST", deferrable=True)
         return WriteResult(version=version, created=True)
 
-    def conditional_create(self, resource_type: str, body: dict[str, Any], if_none_exist: str) -> WriteResult:
+    def conditional_create(
+        self, resource_type: str, body: dict[str, Any], if_none_exist: str
+    ) -> WriteResult:
         """If-None-Exist (http.html#ccreate): 0 matches create, 1 returns it, more is 412."""
         self.check_type(resource_type)
         self._check_body(resource_type, body)
@@ -308,7 +339,9 @@ class SqlResourceStore:
                 f"If-None-Exist matched {len(matches)} {resource_type} resources; it must match at most one"
             )
         if matches:
-            return WriteResult(version=self.read(resource_type, matches[0]), created=False, existing=True)
+            return WriteResult(
+                version=self.read(resource_type, matches[0]), created=False, existing=True
+            )
         return self.create(resource_type, body)
 
     def find(self, resource_type: str, query: str) -> list[str]:
@@ -317,10 +350,25 @@ class SqlResourceStore:
         if not query:
             raise BadRequest("a conditional interaction needs search criteria")
         self.flush()
-        return search_ids_for_condition(self.conn, self.keyring, self.tenant, resource_type, query)
+        ids = search_ids_for_condition(self.conn, self.keyring, self.tenant, resource_type, query)
+        params = parse_qsl(query, keep_blank_values=True)
+        if ids and blind_params(resource_type, params):
+            # Blind indexes give candidates; a conditional write must act on true matches only.
+            ids = [
+                version.id
+                for version in self.read_many(resource_type, ids)
+                if version.body is not None
+                and confirm_candidate(resource_type, jsonio.loads(version.body), params)
+            ]
+        return ids
 
     def update(
-        self, resource_type: str, resource_id: str, body: dict[str, Any], *, if_match: str | None = None
+        self,
+        resource_type: str,
+        resource_id: str,
+        body: dict[str, Any],
+        *,
+        if_match: str | None = None,
     ) -> WriteResult:
         """update (http.html#update), with create-on-update for a new client-chosen id."""
         self.check_type(resource_type)
@@ -331,13 +379,17 @@ class SqlResourceStore:
         if "id" not in body:
             raise BadRequest("an update body must carry the resource id")
         if body.get("id") != resource_id:
-            raise BadRequest(f"id {body.get('id')!r} in the body does not match {resource_id!r} in the URL")
+            raise BadRequest(
+                f"id {body.get('id')!r} in the body does not match {resource_id!r} in the URL"
+            )
         self._check_body(resource_type, body)
         current = self._current_row(resource_type, resource_id, lock=True)
         expected = parse_etag(if_match) if if_match is not None else None
         if current is None:
             if expected is not None:
-                raise PreconditionFailed(f"{resource_type}/{resource_id} does not exist; If-Match cannot hold")
+                raise PreconditionFailed(
+                    f"{resource_type}/{resource_id} does not exist; If-Match cannot hold"
+                )
             try:
                 version = self._write_version(resource_type, resource_id, body, 1, "PUT")
             except IntegrityError:
@@ -348,7 +400,9 @@ class SqlResourceStore:
             raise PreconditionFailed(
                 f"If-Match version {expected} is stale: {resource_type}/{resource_id} is at version {current.version_id}"
             )
-        version = self._write_version(resource_type, resource_id, body, current.version_id + 1, "PUT")
+        version = self._write_version(
+            resource_type, resource_id, body, current.version_id + 1, "PUT"
+        )
         return WriteResult(version=version, created=False)
 
     def conditional_update(
@@ -365,8 +419,12 @@ class SqlResourceStore:
             )
         if matches:
             if "id" in body and body["id"] != matches[0]:
-                raise BadRequest(f"id {body['id']!r} in the body does not match the resource found ({matches[0]})")
-            return self.update(resource_type, matches[0], {**body, "id": matches[0]}, if_match=if_match)
+                raise BadRequest(
+                    f"id {body['id']!r} in the body does not match the resource found ({matches[0]})"
+                )
+            return self.update(
+                resource_type, matches[0], {**body, "id": matches[0]}, if_match=if_match
+            )
         if "id" in body:
             return self.update(resource_type, str(body["id"]), body, if_match=if_match)
         return self.create(resource_type, body)
@@ -390,7 +448,12 @@ class SqlResourceStore:
             patched = jsonpatch.JsonPatch(operations).apply(document)
         except jsonpatch.JsonPatchTestFailed as exc:
             raise Unprocessable(f"JSON Patch test failed: {exc}") from None
-        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+        except (
+            jsonpatch.JsonPatchException,
+            jsonpatch.JsonPointerException,
+            TypeError,
+            KeyError,
+        ) as exc:
             raise Unprocessable(f"JSON Patch could not be applied: {exc}") from None
         if not isinstance(patched, dict) or patched.get("id") != resource_id:
             raise Unprocessable("a patch may not change the resource id")
@@ -409,7 +472,9 @@ class SqlResourceStore:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
         if current.deleted:
             return None
-        return self._write_version(resource_type, resource_id, None, current.version_id + 1, "DELETE")
+        return self._write_version(
+            resource_type, resource_id, None, current.version_id + 1, "DELETE"
+        )
 
     def conditional_delete(self, resource_type: str, query: str) -> int:
         """Conditional delete (http.html#cdelete): zero or one match deleted; more is 412."""
@@ -563,10 +628,13 @@ class SqlResourceStore:
                 deleted=row.deleted,
                 body=None
                 if row.deleted
-                else self._open(row.resource_type, row.id, row.version_id, row.key_version, row.body),
+                else self._open(
+                    row.resource_type, row.id, row.version_id, row.key_version, row.body
+                ),
                 method=row.method,
             )
             for row in rows
         ]
-        return HistoryPage(versions=versions, next_cursor=rows[-1].seq if more and rows else None, total=total)
-
+        return HistoryPage(
+            versions=versions, next_cursor=rows[-1].seq if more and rows else None, total=total
+        )

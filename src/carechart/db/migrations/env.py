@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import carechart.db.auth_schema
 import carechart.db.search_schema  # noqa: F401  (registers the search-index tables)
 from carechart.db.schema import metadata
 

@@ -1,0 +1,402 @@
+"""Shared plumbing for the benchmark scenarios: servers, databases, HTTP, memory, machine.
+
+Everything talks to 127.0.0.1 only. Servers run in their own process group and are always
+terminated when their ``with`` block ends; every wait is bounded in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+OUT_DIR = BENCH_DIR / "out"
+PYTHON = sys.executable
+HOST = "127.0.0.1"
+PG_ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
+PG_URL_TEMPLATE = "postgresql+psycopg://root@127.0.0.1:5432/{db}"
+FHIR_JSON = "application/fhir+json"
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    if value != value:  # NaN
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr; the report goes to stdout."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+def psql(sql: str, db: str = "postgres") -> str:
+    done = subprocess.run(
+        ["psql", "-h", HOST, "-U", "root", "-d", db, "-v", "ON_ERROR_STOP=1", "-Atc", sql],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped (forcibly) when the block ends."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    psql(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+                out.extend(int(p) for p in text.split())
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    seen = [pid]
+    i = 0
+    while i < len(seen):
+        seen.extend(c for c in _children(seen[i]) if c not in seen)
+        i += 1
+    return seen
+
+
+def _status_kb(pid: int, key: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, MB."""
+    return sum(_status_kb(p, "VmRSS") for p in process_tree(pid)) / 1024
+
+
+def hwm_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) summed over a process and its descendants, MB."""
+    return sum(_status_kb(p, "VmHWM") for p in process_tree(pid)) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time consumed so far by a process tree (live processes only)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+class MemorySampler:
+    """Samples the RSS of a process tree every ``interval`` seconds in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
+
+
+@dataclass
+class Server:
+    engine: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    idle_rss_mb: float = 0.0
+    database: str | None = None  # PostgreSQL database name
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def connection(self, timeout: float = 60) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARECHART_")}
+    if os.environ.get("CARECHART_BENCH_STUB"):
+        env["CARECHART_BENCH_STUB"] = os.environ["CARECHART_BENCH_STUB"]
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _wait_health(port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+            )
+        try:
+            conn = http.client.HTTPConnection(HOST, port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+            conn.close()
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server not healthy after {timeout:.0f}s:\n{log_path.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)  # our own session: the server and its workers
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def server(engine: str, argv: list[str] | None = None) -> Iterator[Server]:
+    """A server on a free port with a fresh data dir (SQLite) or fresh database (PostgreSQL).
+
+    ``argv``: the command after the interpreter; default ``benchmarks/serve.py serve``
+    (which is ``carechart serve``). ``--port`` is appended.
+    """
+    assert engine in ("sqlite", "postgresql")
+    with contextlib.ExitStack() as stack:
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="carechart-bench-")))
+        env = _clean_env()
+        env["CARECHART_DATA_DIR"] = str(data_dir)
+        db = None
+        if engine == "postgresql":
+            db = stack.enter_context(scratch_database("carechart_bench"))
+            env["CARECHART_DATABASE_URL"] = PG_URL_TEMPLATE.format(db=db)
+        port = free_port()
+        log_path = data_dir / "server.log"
+        command = [PYTHON, *(argv or [str(BENCH_DIR / "serve.py"), "serve"]), "--port", str(port)]
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        stack.callback(_stop, proc)
+        _wait_health(port, proc, log_path, timeout=90)
+        srv = Server(engine=engine, port=port, proc=proc, log_path=log_path, database=db)
+        srv.idle_rss_mb = rss_mb(proc.pid)
+        yield srv
+        if proc.poll() is not None:
+            raise RuntimeError(f"server died:\n{log_path.read_text()[-3000:]}")
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+
+def request(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    hdrs = {"Accept": FHIR_JSON}
+    if body is not None:
+        hdrs["Content-Type"] = FHIR_JSON
+    hdrs.update(headers or {})
+    conn.request(method, path, body=body, headers=hdrs)
+    resp = conn.getresponse()
+    data = resp.read()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+
+def expect(status: int, wanted: int, data: bytes, what: str) -> None:
+    if status != wanted:
+        raise RuntimeError(f"{what}: HTTP {status} (wanted {wanted}): {data[:600]!r}")
+
+
+def sample_patient(i: int) -> dict[str, Any]:
+    """A realistic, valid Patient of ~1 KB (no id: the server assigns one)."""
+    return {
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": "http://hospital.example/mrn", "value": f"MRN-{i:08d}"},
+            {
+                "system": "http://hl7.org/fhir/sid/us-ssn",
+                "value": f"999-{i % 100:02d}-{i % 10000:04d}",
+            },
+        ],
+        "active": True,
+        "name": [
+            {"use": "official", "family": f"Chalmers{i}", "given": ["Peter", "James"]},
+            {"use": "usual", "given": ["Jim"]},
+        ],
+        "telecom": [
+            {"system": "phone", "value": f"(03) 5555 {i % 10000:04d}", "use": "work", "rank": 1},
+            {"system": "email", "value": f"patient{i}@example.org"},
+        ],
+        "gender": "male" if i % 2 else "female",
+        "birthDate": f"19{40 + i % 60:02d}-{1 + i % 12:02d}-{1 + i % 28:02d}",
+        "address": [
+            {
+                "use": "home",
+                "type": "both",
+                "line": [f"{i % 900 + 1} Example Street"],
+                "city": "PleasantVille",
+                "district": "Rainbow",
+                "state": "Vic",
+                "postalCode": "3999",
+                "period": {"start": "1974-12-25"},
+            }
+        ],
+        "contact": [
+            {
+                "relationship": [
+                    {
+                        "coding": [
+                            {"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "N"}
+                        ]
+                    }
+                ],
+                "name": {"family": "du Marché", "given": ["Bénédicte"]},
+                "telecom": [{"system": "phone", "value": "+33 (237) 998327"}],
+                "gender": "female",
+            }
+        ],
+    }
+
+
+def create_patients(srv: Server, count: int, batch: int = 100) -> list[str]:
+    """Create ``count`` Patients with transaction Bundles; returns their ids."""
+    conn = srv.connection()
+    ids: list[str] = []
+    try:
+        made = 0
+        while made < count:
+            n = min(batch, count - made)
+            bundle = {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {
+                        "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                        "resource": sample_patient(made + k),
+                        "request": {"method": "POST", "url": "Patient"},
+                    }
+                    for k in range(n)
+                ],
+            }
+            status, _, data = request(conn, "POST", "/fhir", json.dumps(bundle).encode())
+            expect(status, 200, data, "create patients")
+            for entry in json.loads(data)["entry"]:
+                # [base/]Patient/{id}/_history/1
+                location = entry["response"]["location"]
+                ids.append(location.split("Patient/", 1)[1].split("/", 1)[0])
+            made += n
+    finally:
+        conn.close()
+    return ids
+
+
+# ---------------------------------------------------------------------------- machine
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.rstrip()
+    except (OSError, subprocess.SubprocessError):
+        return "n/a"
+
+
+def machine() -> dict[str, str]:
+    cpu = "n/a"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        pg = psql("SHOW server_version")
+    except (OSError, subprocess.SubprocessError):
+        pg = "n/a"
+    load = "n/a"
+    with contextlib.suppress(OSError):
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return {
+        "nproc": _run(["nproc"]),
+        "cpu": cpu,
+        "free -h": _run(["free", "-h"]),
+        "postgresql": pg,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "wrk": _run(["wrk", "--version"]).splitlines()[0] if _run(["which", "wrk"]) else "missing",
+        "load average (start)": load,
+    }

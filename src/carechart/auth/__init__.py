@@ -1,0 +1,1 @@
+"""Identity and access: passwords, tokens, sessions, MFA, lockout (SECURITY.md group A)."""

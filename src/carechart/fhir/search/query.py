@@ -1,0 +1,547 @@
+"""Search: parameters -> SQL over the index tables -> ordered ids of current resources.
+
+Implements http://hl7.org/fhir/R4/search.html: §3.1.1.5 parameter types (string, token,
+date, number, quantity, reference, uri) with their modifiers (§3.1.1.5.x) and prefixes
+(§3.1.1.5.1 "prefix"), §3.1.1.3 AND (repeated parameters) and OR (comma lists),
+§3.1.1.5.5 ``:missing``, §3.1.1.5.6 ``_id``/``_lastUpdated``/``_tag``/``_profile``/
+``_security``/``_source`` (3.1.1.5.x "Parameters for all resources"), §3.1.1.7 "_sort" and
+§3.1.1.8 "_count" (plus ``_offset`` for paging). Deleted resources never match.
+
+Blind-indexed parameters (PHI, see :mod:`carechart.fhir.search.extract`) match on truncated
+HMAC tokens, so their results are *candidates*: a non-matching resource whose value shares
+the 32-bit token may be returned (odds in :data:`carechart.fhir.search.indexer.BLIND_BITS`).
+A caller that must be exact confirms each candidate against the unsealed body with
+:func:`confirm_blind_match`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from carechart.crypto.blind import blind_token
+from carechart.crypto.keys import KeyRing
+from carechart.db.schema import resource
+from carechart.db.search_schema import INDEX_TABLES, search_blind
+from carechart.errors import BadRequest
+from carechart.fhir.definitions import load_definitions
+from carechart.fhir.search.extract import (
+    PREFIX_MAX,
+    ParamPlan,
+    blind_keys_for_values,
+    blind_token_value,
+    plan_for,
+)
+from carechart.fhir.search.indexer import BLIND_BITS, blind_key
+from carechart.fhir.search.normalize import normalize_text, parse_date, soundex
+from carechart.fhir.search.params import (
+    parse_date_value,
+    parse_number,
+    parse_quantity,
+    parse_token,
+    split_escaped,
+    split_prefix,
+    unescape,
+)
+
+__all__ = [
+    "SearchResult",
+    "blind_query_keys",
+    "confirm_blind_match",
+    "search",
+    "search_ids_for_condition",
+]
+
+#: Result parameters handled here (§3.1.1.7, §3.1.1.8).
+_PAGING = frozenset({"_count", "_offset", "_sort"})
+#: Modifiers each type accepts (beyond :missing), §3.1.1.5.x.
+_MODIFIERS: dict[str, frozenset[str]] = {
+    "string": frozenset({"", "exact", "contains"}),
+    "token": frozenset({"", "not", "text", "of-type"}),
+    "date": frozenset({""}),
+    "number": frozenset({""}),
+    "quantity": frozenset({""}),
+    "reference": frozenset({""}),
+    "uri": frozenset({"", "below", "above"}),
+}
+_AP_FRACTION = 0.1
+
+
+@dataclass(slots=True)
+class SearchResult:
+    #: Matching ids in result order (one page when _count/_offset are given).
+    ids: list[str]
+    #: All matches, regardless of paging.
+    total: int
+    #: Parameters not understood or not supported, ignored (lenient handling).
+    unknown_params: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Context:
+    conn: Connection
+    keyring: KeyRing
+    tenant: str
+    resource_type: str
+
+
+Cond = ColumnElement[bool]
+
+
+def search(
+    conn: Connection,
+    keyring: KeyRing,
+    tenant: str,
+    resource_type: str,
+    params: list[tuple[str, str]],
+    *,
+    strict: bool = False,
+) -> SearchResult:
+    """Run a type-level search. ``strict`` (Prefer: handling=strict, §3.1.1.2) turns
+    unknown or unsupported parameters into :class:`BadRequest` instead of reporting them."""
+    ctx = _Context(conn, keyring, tenant, resource_type)
+    plans = plan_for(resource_type)
+    r = resource.c
+    where: list[Cond] = [
+        r.tenant_id == tenant,
+        r.resource_type == resource_type,
+        r.deleted == sa.false(),
+    ]
+    unknown: list[str] = []
+    count: int | None = None
+    offset = 0
+    sort: list[str] = []
+    for name, value in params:
+        if name in _PAGING:
+            if name == "_sort":
+                sort.extend(key for key in value.split(",") if key)
+            else:
+                number = _non_negative(name, value)
+                count, offset = (number, offset) if name == "_count" else (count, number)
+            continue
+        code, _, modifier = name.partition(":")
+        if code == "_id":
+            where.append(_id_condition(name, modifier, value))
+            continue
+        plan = plans.get(code)
+        if plan is None or "." in modifier:
+            unknown.append(name)
+            continue
+        if value == "":
+            continue  # an empty value places no constraint
+        where.append(_condition(ctx, plan, name, modifier, value))
+    if unknown and strict:
+        raise BadRequest(
+            f"unknown or unsupported search parameter(s) for {resource_type}: " + ", ".join(unknown)
+        )
+    order = _order_by(ctx, plans, sort)
+    total = conn.execute(
+        sa.select(sa.func.count()).select_from(resource).where(*where)
+    ).scalar_one()
+    ids: list[str] = []
+    if count != 0 and total > offset:
+        query = sa.select(r.id).where(*where).order_by(*order).offset(offset)
+        if count is not None:
+            query = query.limit(count)
+        ids = list(conn.execute(query).scalars())
+    return SearchResult(ids=ids, total=total, unknown_params=unknown)
+
+
+def search_ids_for_condition(
+    conn: Connection, keyring: KeyRing, tenant: str, resource_type: str, query_string: str
+) -> list[str]:
+    """Ids matching a conditional create/update/delete criterion (http.html#ccreate), e.g.
+    ``identifier=http://x|123``. Unknown parameters are errors here: ignoring one would
+    widen the match. Blind parameters give candidates (see the module docstring)."""
+    params = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
+    params = [(k, v) for k, v in params if k not in ("_count", "_offset", "_sort", "_format")]
+    if not params:
+        raise BadRequest("a conditional interaction needs search criteria")
+    return search(conn, keyring, tenant, resource_type, params, strict=True).ids
+
+
+def _non_negative(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise BadRequest(f"{name}={value!r} must be a non-negative integer")
+    return int(value)
+
+
+def _or_values(value: str) -> list[str]:
+    return [v for v in split_escaped(value, ",") if v != ""]
+
+
+# -- conditions ------------------------------------------------------------------------
+
+
+def _id_condition(name: str, modifier: str, value: str) -> Cond:
+    """_id (§3.1.1.5.6): token match on the logical id."""
+    ids = [unescape(v) for v in _or_values(value)]
+    if modifier == "not":
+        return resource.c.id.not_in(ids)
+    if modifier:
+        raise BadRequest(f"search parameter {name}: modifier :{modifier} is not supported on _id")
+    return resource.c.id.in_(ids)
+
+
+def _owned(ctx: _Context, table: sa.Table, code: str, predicate: Cond | None) -> sa.Select[Any]:
+    """Ids of resources of this type with an index row of ``code`` satisfying ``predicate``."""
+    conds: list[Cond] = [
+        table.c.tenant_id == ctx.tenant,
+        table.c.resource_type == ctx.resource_type,
+        table.c.code == code,
+    ]
+    if predicate is not None:
+        conds.append(predicate)
+    return sa.select(table.c.resource_id).where(*conds)
+
+
+def _condition(ctx: _Context, plan: ParamPlan, name: str, modifier: str, value: str) -> Cond:
+    table = search_blind if plan.blind else INDEX_TABLES[plan.type]
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise BadRequest(f"search parameter {name}: :missing takes true or false")
+        present = _owned(ctx, table, plan.code, None)
+        return resource.c.id.not_in(present) if value == "true" else resource.c.id.in_(present)
+    if plan.type == "reference":
+        return _reference_condition(ctx, plan, name, modifier, value)
+    if modifier not in _MODIFIERS[plan.type]:
+        raise BadRequest(
+            f"search parameter {name}: modifier :{modifier} is not supported on a {plan.type} parameter"
+        )
+    values = _or_values(value)
+    if plan.blind:
+        keys = [key for v in values for key in blind_query_keys(plan, name, modifier, v)]
+        key = blind_key(ctx.keyring, ctx.tenant, ctx.resource_type, plan.code)
+        tokens = sorted({blind_token(key, k, BLIND_BITS) for k in keys})
+        subquery = _owned(ctx, search_blind, plan.code, search_blind.c.token.in_(tokens))
+    else:
+        builder = _BUILDERS[plan.type]
+        predicate = sa.or_(*(builder(table, name, modifier, v) for v in values))
+        subquery = _owned(ctx, table, plan.code, predicate)
+    if modifier == "not":
+        return resource.c.id.not_in(subquery)
+    return resource.c.id.in_(subquery)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _string_predicate(table: sa.Table, name: str, modifier: str, raw: str) -> Cond:
+    """string (§3.1.1.5.7): starts-with, case- and accent-insensitive; :exact; :contains."""
+    value = unescape(raw)
+    if modifier == "exact":
+        return table.c.value_exact == value
+    norm = _like_escape(normalize_text(value))
+    pattern = f"%{norm}%" if modifier == "contains" else f"{norm}%"
+    return table.c.value_norm.like(pattern, escape="\\")
+
+
+def _token_predicate(table: sa.Table, name: str, modifier: str, raw: str) -> Cond:
+    """token (§3.1.1.5.5): code, system|code, |code, system|; :not, :text, :of-type."""
+    c = table.c
+    if modifier == "text":
+        return c.text_norm.like(_like_escape(normalize_text(unescape(raw))) + "%", escape="\\")
+    if modifier == "of-type":
+        type_system, type_code, ident = _of_type_parts(name, raw)
+        return sa.and_(c.type_system == type_system, c.type_code == type_code, c.value == ident)
+    token = parse_token(name, raw)
+    conds: list[Cond] = []
+    if token.system == "":
+        conds.append(c.system.is_(None))
+    elif token.system is not None:
+        conds.append(c.system == token.system)
+    if token.code is not None:
+        conds.append(c.value == token.code)
+    return sa.and_(*conds)
+
+
+def _of_type_parts(name: str, raw: str) -> tuple[str, str, str]:
+    parts = [unescape(p) for p in split_escaped(raw, "|")]
+    if len(parts) != 3 or not all(parts):
+        raise BadRequest(f"search parameter {name}: :of-type takes type-system|type-code|value")
+    return parts[0], parts[1], parts[2]
+
+
+def _range_predicate(
+    c: Any, prefix: str, low: Any, high: Any, exact: Any, *, fuzz: Any, half_open: bool
+) -> Cond:
+    """The prefixes of §3.1.1.5.1 over a stored inclusive range [c.low, c.high] and a search
+    range [low, high] (dates: the precision's span; numbers: [low, high) and exact value)."""
+    within = sa.and_(c.low >= low, c.high < high if half_open else c.high <= high)
+    if prefix == "eq":
+        return within
+    if prefix == "ne":
+        return sa.not_(within)
+    if prefix == "ap":
+        return sa.and_(c.low <= high + fuzz, c.high >= low - fuzz)
+    ordering: dict[str, Cond]
+    if half_open:  # numbers: ordering prefixes compare with the exact value
+        ordering = {
+            "gt": c.high > exact, "lt": c.low < exact, "ge": c.high >= exact,
+            "le": c.low <= exact, "sa": c.low > exact, "eb": c.high < exact,
+        }  # fmt: skip
+    else:
+        ordering = {
+            "gt": c.high > high,
+            "lt": c.low < low,
+            "ge": sa.or_(c.high > high, within),
+            "le": sa.or_(c.low < low, within),
+            "sa": c.low > high,
+            "eb": c.high < low,
+        }
+    return ordering[prefix]
+
+
+def _date_predicate(table: sa.Table, name: str, modifier: str, raw: str) -> Cond:
+    """date (§3.1.1.5.1 "date"): the value's precision defines a range; times without a
+    zone are UTC. ap: within 10% of the distance between now and the value."""
+    prefix, text = split_prefix(raw)
+    span = parse_date_value(name, text)
+    fuzz = int(abs(time.time() * 1000 - span.low) * _AP_FRACTION)
+    return _range_predicate(table.c, prefix, span.low, span.high, None, fuzz=fuzz, half_open=False)
+
+
+def _number_predicate(table: sa.Table, name: str, modifier: str, raw: str) -> Cond:
+    """number (§3.1.1.5.3): eq/ne use the implicit precision range; ap is ±10%."""
+    prefix, text = split_prefix(raw)
+    number = parse_number(name, text)
+    fuzz = abs(number.exact) * _AP_FRACTION
+    return _range_predicate(
+        table.c, prefix, number.low, number.high, number.exact, fuzz=fuzz, half_open=True
+    )
+
+
+def _quantity_predicate(table: sa.Table, name: str, modifier: str, raw: str) -> Cond:
+    """quantity (§3.1.1.5.4): number with prefix, then system and code (no unit conversion;
+    with no system the code matches the unit code or the unit text)."""
+    prefix, text = split_prefix(raw)
+    quantity = parse_quantity(name, text)
+    number = quantity.number
+    fuzz = abs(number.exact) * _AP_FRACTION
+    conds = [
+        _range_predicate(
+            table.c, prefix, number.low, number.high, number.exact, fuzz=fuzz, half_open=True
+        )
+    ]
+    if quantity.system is not None:
+        conds.append(table.c.system == quantity.system)
+    if quantity.code is not None:
+        if quantity.system is not None:
+            conds.append(table.c.unit_code == quantity.code)
+        else:
+            conds.append(sa.or_(table.c.unit_code == quantity.code, table.c.unit == quantity.code))
+    return sa.and_(*conds)
+
+
+def _uri_predicate(table: sa.Table, name: str, modifier: str, raw: str) -> Cond:
+    """uri (§3.1.1.5.9): exact; :below (the value is a prefix); :above (a prefix of it)."""
+    value = unescape(raw)
+    if modifier == "below":
+        return table.c.uri.like(_like_escape(value) + "%", escape="\\")
+    if modifier == "above":
+        cuts = [value[:i] for i, ch in enumerate(value) if ch == "/" and value[i - 1 : i] != "/"]
+        return table.c.uri.in_([value, *(c for c in cuts if "://" in c or not c.endswith(":"))])
+    return table.c.uri == value
+
+
+_BUILDERS: dict[str, Callable[[sa.Table, str, str, str], Cond]] = {
+    "string": _string_predicate,
+    "token": _token_predicate,
+    "date": _date_predicate,
+    "number": _number_predicate,
+    "quantity": _quantity_predicate,
+    "uri": _uri_predicate,
+}
+
+
+def _reference_condition(
+    ctx: _Context, plan: ParamPlan, name: str, modifier: str, value: str
+) -> Cond:
+    """reference (§3.1.1.5.6): ``id``, ``Type/id``, an absolute URL, ``:Type`` with an id.
+
+    Chaining and ``:identifier`` are not supported.
+    """
+    definitions = load_definitions()
+    if modifier and not definitions.is_resource_type(modifier):
+        raise BadRequest(
+            f"search parameter {name}: modifier :{modifier} is not supported on a reference"
+        )
+    if modifier and plan.definition.target and modifier not in plan.definition.target:
+        raise BadRequest(f"search parameter {name}: {modifier} is not a target type of {plan.code}")
+    table = INDEX_TABLES["reference"]
+    c = table.c
+    preds: list[Cond] = []
+    for raw in _or_values(value):
+        ref = unescape(raw)
+        if "://" in ref or ref.startswith("urn:"):
+            preds.append(c.url == ref.split("|", 1)[0])
+            continue
+        parts = ref.split("/")
+        if len(parts) == 1:
+            conds = [c.target_id == ref]
+            if modifier:
+                conds.append(c.target_type == modifier)
+            preds.append(sa.and_(*conds))
+        elif len(parts) == 2 and definitions.is_resource_type(parts[0]) and parts[1]:
+            if modifier and modifier != parts[0]:
+                raise BadRequest(f"search parameter {name}: {ref!r} is not a {modifier} reference")
+            preds.append(sa.and_(c.target_type == parts[0], c.target_id == parts[1]))
+        else:
+            raise BadRequest(
+                f"search parameter {name}: {ref!r} is not an id, Type/id or absolute URL"
+            )
+    return resource.c.id.in_(_owned(ctx, table, plan.code, sa.or_(*preds)))
+
+
+# -- blind parameters ------------------------------------------------------------------
+
+
+def blind_query_keys(plan: ParamPlan, name: str, modifier: str, raw: str) -> list[str]:
+    """The plaintext blind keys a value of a PHI parameter looks up (before HMAC); the
+    counterpart of :func:`carechart.fhir.search.extract.blind_keys_for_values`."""
+    value = unescape(raw)
+    if plan.type == "string":
+        if modifier == "contains":
+            raise BadRequest(
+                f"search parameter {name}: :contains is not available on a blind-indexed parameter"
+            )
+        if modifier == "exact":
+            return ["x:" + value]
+        if plan.code == "phonetic":
+            code = soundex(value)
+            if not code:
+                raise BadRequest(f"search parameter {name}: the value has no letters")
+            return ["s:" + code]
+        norm = normalize_text(value)
+        if not norm:
+            raise BadRequest(f"search parameter {name}: the value is empty after normalisation")
+        return ["p:" + norm[:PREFIX_MAX]]
+    if plan.type == "token":
+        if modifier == "text":
+            raise BadRequest(
+                f"search parameter {name}: :text is not available on a blind-indexed parameter"
+            )
+        if modifier == "of-type":
+            type_system, type_code, ident = _of_type_parts(name, raw)
+            return [f"t:{type_system}|{type_code}|{blind_token_value(plan.code, ident)}"]
+        token = parse_token(name, raw)
+        if token.code is None:
+            return ["s:" + (token.system or "")]
+        ident = blind_token_value(plan.code, token.code)
+        if token.system is None:
+            return ["v:" + ident]
+        return [f"sv:{token.system}|{ident}"]
+    if plan.type == "date":
+        prefix, text = split_prefix(value)
+        if prefix != "eq" or len(text) not in (4, 7, 10) or parse_date(text) is None:
+            raise BadRequest(
+                f"search parameter {name}: a blind-indexed date matches by equality only, "
+                "as YYYY, YYYY-MM or YYYY-MM-DD"
+            )
+        return ["d:" + text]
+    raise BadRequest(f"search parameter {name}: unsupported on a blind-indexed parameter")
+
+
+def confirm_blind_match(resource_type: str, body: dict[str, Any], name: str, value: str) -> bool:
+    """Whether an unsealed ``body`` really matches ``name=value`` for a blind-indexed
+    parameter: the exact check behind a blind-index candidate (no truncation, no HMAC).
+    ``name`` may carry a modifier (``family:exact``); OR lists are honoured."""
+    code, _, modifier = name.partition(":")
+    plan = plan_for(resource_type).get(code)
+    if plan is None or not plan.blind:
+        raise BadRequest(f"{name} is not a blind-indexed parameter of {resource_type}")
+    have = blind_keys_for_values(plan.type, code, plan.path.evaluate(body))
+    exact_parts = [normalize_text(k[2:]) for k in have if k.startswith("x:")]
+    found = False
+    for raw in _or_values(value):
+        for key in blind_query_keys(plan, name, modifier, raw):
+            if key.startswith("p:") and len(key) - 2 >= PREFIX_MAX:
+                # Longer than the indexed prefixes: confirm on the full text.
+                full = normalize_text(unescape(raw))
+                found = found or any(part.startswith(full) for part in exact_parts)
+            else:
+                found = found or key in have
+    return not found if modifier == "not" else found
+
+
+# -- sorting ---------------------------------------------------------------------------
+
+
+_SORT_COLUMNS: dict[str, tuple[str, str]] = {
+    "string": ("value_norm", "value_norm"),
+    "token": ("value", "value"),
+    "date": ("low", "high"),
+    "number": ("low", "high"),
+    "quantity": ("low", "high"),
+    "uri": ("uri", "uri"),
+    "reference": ("target_id", "target_id"),
+}
+
+
+def _order_by(ctx: _Context, plans: dict[str, ParamPlan], keys: Sequence[str]) -> list[Any]:
+    """_sort (§3.1.1.7): keys in priority order, ``-`` for descending. A resource with several
+    values sorts by its lowest (ascending) or highest (descending); missing values last."""
+    r = resource.c
+    order: list[Any] = []
+    for key in keys:
+        descending = key.startswith("-")
+        code = key.removeprefix("-")
+        expr: Any
+        if code == "_id":
+            expr = r.id
+        elif code == "_lastUpdated":
+            expr = r.last_updated
+        else:
+            plan = plans.get(code)
+            if plan is None:
+                raise BadRequest(
+                    f"_sort: {code!r} is not a search parameter of {ctx.resource_type}"
+                )
+            if plan.blind:
+                raise BadRequest(f"_sort: {code} is blind-indexed and cannot be sorted on")
+            table = INDEX_TABLES[plan.type]
+            column = table.c[_SORT_COLUMNS[plan.type][1 if descending else 0]]
+            agg = sa.func.max(column) if descending else sa.func.min(column)
+            expr = (
+                sa.select(agg)
+                .where(
+                    table.c.tenant_id == r.tenant_id,
+                    table.c.resource_type == r.resource_type,
+                    table.c.resource_id == r.id,
+                    table.c.code == code,
+                )
+                .scalar_subquery()
+            )
+        order.append(expr.is_(None))
+        order.append(expr.desc() if descending else expr.asc())
+    order.extend([r.last_updated.asc(), r.id.asc()])
+    return order
+
+
+def blind_params(resource_type: str, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The parameters of ``params`` that are answered from blind indexes (candidates only)."""
+    plans = plan_for(resource_type)
+    found: list[tuple[str, str]] = []
+    for name, value in params:
+        plan = plans.get(name.partition(":")[0])
+        if plan is not None and plan.blind:
+            found.append((name, value))
+    return found
+
+
+def confirm_candidate(
+    resource_type: str, body: dict[str, Any], params: list[tuple[str, str]]
+) -> bool:
+    """Whether a blind-index candidate truly matches every blind parameter of ``params``."""
+    return all(
+        confirm_blind_match(resource_type, body, name, value)
+        for name, value in blind_params(resource_type, params)
+    )
