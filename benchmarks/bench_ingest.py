@@ -128,12 +128,14 @@ def report(results: list[IngestResult]) -> list[str]:
     ]
     for r in results:
         per_core = r.median_rate / r.workers
-        ok = per_core >= TARGET_PER_CORE and max(r.peak_rss_mb, r.vmhwm_mb) < TARGET_PEAK_MB
-        target = (
-            f"≥ {TARGET_PER_CORE:,}/s/core, < {TARGET_PEAK_MB} MB: {'met' if ok else 'MISSED'}"
-            if r.engine == "postgresql"
-            else "–"
-        )
+        peak = max(r.peak_rss_mb, r.vmhwm_mb)
+        target = "–"
+        if r.engine == "postgresql":
+            target = (
+                f"≥ {TARGET_PER_CORE:,}/s/core: wall {'met' if per_core >= TARGET_PER_CORE else 'MISSED'}"
+                f", per CPU-s {'met' if r.median_cpu_rate >= TARGET_PER_CORE else 'MISSED'}; "
+                f"< {TARGET_PEAK_MB} MB: {'met' if peak < TARGET_PEAK_MB else 'MISSED'}"
+            )
         lines.append(
             f"| {r.engine} | {len(r.rounds)} | **{b.fmt(r.median_rate)}** | "
             f"{b.fmt(min(r.rounds, default=float('nan')))}–{b.fmt(max(r.rounds, default=float('nan')))} | "

@@ -369,6 +369,25 @@ def create_patients(srv: Server, count: int, batch: int = 100) -> list[str]:
 # ---------------------------------------------------------------------------- machine
 
 
+def cpu_times() -> list[int]:
+    """The aggregate ``cpu`` line of /proc/stat (user nice system idle iowait irq softirq
+    steal ...), in ticks."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
+def busy_summary(before: list[int], after: list[int]) -> str:
+    """Whole-machine CPU use between two ``cpu_times()``: busy, iowait and steal as % of all
+    cores. Busy includes the benchmark itself and whatever else runs on the machine."""
+    delta = [a - b for a, b in zip(after, before, strict=False)]
+    total = sum(delta[:8]) or 1
+    idle, iowait, steal = delta[3], delta[4], delta[7] if len(delta) > 7 else 0
+    busy = total - idle - iowait
+    return (
+        f"machine CPU busy {busy / total * 100:.0f}% of {os.cpu_count()} cores "
+        f"(iowait {iowait / total * 100:.0f}%, steal {steal / total * 100:.0f}%)"
+    )
+
+
 def _run(cmd: list[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.rstrip()

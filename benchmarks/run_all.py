@@ -118,8 +118,21 @@ def main() -> int:
             return
         b.log(f"scenario {name} ...")
         t0 = time.monotonic()
+        cpu0 = b.cpu_times()
+        load0 = Path("/proc/loadavg").read_text().split()[0]
         try:
-            sections.extend(fn())
+            lines = fn()
+            load1 = Path("/proc/loadavg").read_text().split()[0]
+            busy = b.busy_summary(cpu0, b.cpu_times())
+            # Keep the scenario's trailing blank line after the context note.
+            sections.extend(lines[:-1] if lines and lines[-1] == "" else lines)
+            sections.extend(
+                [
+                    f"_Context: {time.monotonic() - t0:.0f} s; {busy}; "
+                    f"load average {load0} → {load1}._",
+                    "",
+                ]
+            )
         except Exception as exc:  # a failed scenario is reported, the others still run
             traceback.print_exc()
             sections.extend(

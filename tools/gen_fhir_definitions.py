@@ -87,6 +87,9 @@ def _element(structure: Json, element: Json) -> Json:
         row["types"] = types
     if "contentReference" in element:
         row["contentReference"] = element["contentReference"]
+    if element.get("isSummary"):
+        # search.html#summary: _summary=true keeps the elements marked isSummary.
+        row["summary"] = True
     binding = element.get("binding")
     if binding and "strength" in binding:
         row["binding"] = {"strength": binding["strength"]}

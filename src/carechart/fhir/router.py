@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +21,7 @@ from carechart.context import AppContext
 from carechart.errors import BadRequest, NotFound
 from carechart.fhir import bundles
 from carechart.fhir.capability import capability_statement
+from carechart.fhir.definitions import load_definitions
 from carechart.fhir.http import (
     JSON_PATCH,
     fhir_response,
@@ -35,7 +37,8 @@ from carechart.fhir.http import (
 from carechart.fhir.model import ID_PATTERN, TYPE_PATTERN, StoredVersion
 from carechart.fhir.outcome import information
 from carechart.fhir.search import blind_params, confirm_candidate, search
-from carechart.fhir.store import HistoryPage, SqlResourceStore
+from carechart.fhir.store import CompartmentPage, HistoryPage, SqlResourceStore, everything_page
+from carechart.fhir.summary import Shaping, shaping_from
 
 T = TypeVar("T")
 
@@ -141,6 +144,20 @@ def _raw(version: StoredVersion) -> Any:
     return orjson.Fragment(version.body)
 
 
+def definitions_known(resource_type: str) -> bool:
+    return load_definitions().is_resource_type(resource_type)
+
+
+def _shaped(version: StoredVersion, shaping: Shaping) -> Any:
+    """The resource as the Bundle entry carries it: the stored bytes untouched unless
+    _summary/_elements ask for a subset."""
+    if shaping.whole:
+        return _raw(version)
+    assert version.body is not None
+    shaped: dict[str, Any] = shaping.apply(jsonio.loads(version.body))
+    return shaped
+
+
 def _history_params(request: Request) -> tuple[datetime | None, int, int | None]:
     params = request.query_params
     settings = _ctx(request).settings
@@ -225,6 +242,72 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         )
         return fhir_response(_history_bundle(request, page), pretty=is_pretty(request))
 
+    @router.get("/Patient/$everything", summary="Patient $everything (all patients)")
+    async def everything_all(request: Request) -> Response:
+        negotiate(request)
+        return await _everything(request, None)
+
+    @router.get("/Patient/{patient_id}/$everything", summary="Patient $everything")
+    async def everything_one(request: Request, patient_id: str) -> Response:
+        negotiate(request)
+        _check_id_syntax("Patient", patient_id)
+        return await _everything(request, patient_id)
+
+    async def _everything(request: Request, patient_id: str | None) -> Response:
+        """Patient/$everything (http://hl7.org/fhir/R4/patient-operation-everything.html):
+        ``_since``, ``_type`` and ``_count`` with stable keyset paging."""
+        settings = _ctx(request).settings
+        params = request.query_params
+        since = _parse_instant(params["_since"], "_since") if "_since" in params else None
+        types: list[str] | None = None
+        if "_type" in params:
+            types = [t.strip() for v in params.getlist("_type") for t in v.split(",") if t.strip()]
+            for name in types:
+                if not definitions_known(name):
+                    raise BadRequest(f"_type: {name!r} is not a resource type")
+        count = settings.default_page_size
+        if "_count" in params:
+            raw = params["_count"]
+            if not raw.isdigit() or int(raw) < 1:
+                raise BadRequest(f"_count={raw!r} must be a positive integer")
+            count = min(int(raw), settings.max_page_size)
+        cursor = params.get("_cursor")
+        if cursor is not None and (
+            "/" not in cursor or not ID_PATTERN.fullmatch(cursor.partition("/")[2])
+        ):
+            raise BadRequest("_cursor is not a paging cursor this server issued")
+
+        def work(store: SqlResourceStore) -> CompartmentPage:
+            if patient_id is not None:
+                store.read("Patient", patient_id)  # 404/410 for an unknown or deleted patient
+            return everything_page(
+                store, patient_id, since=since, types=types, count=count, cursor=cursor
+            )
+
+        page = await _in_store(request, False, work)
+        base = base_url(request)
+        self_url = str(request.url)
+        links = [{"relation": "self", "url": self_url}]
+        if page.next_cursor is not None:
+            items = [(k, v) for k, v in params.multi_items() if k != "_cursor"]
+            items.append(("_cursor", page.next_cursor))
+            query = "&".join(f"{k}={_quote(v)}" for k, v in items)
+            links.append({"relation": "next", "url": f"{self_url.split('?', 1)[0]}?{query}"})
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": links,
+            "entry": [
+                {
+                    "fullUrl": f"{base}/{v.resource_type}/{v.id}",
+                    "resource": _raw(v),
+                    "search": {"mode": "match"},
+                }
+                for v in page.versions
+            ],
+        }
+        return fhir_response(bundle, pretty=is_pretty(request))
+
     @router.post("/" + TYPE_PATH, summary="create (If-None-Exist for conditional create)")
     async def create(request: Request, resource_type: str) -> Response:
         negotiate(request)
@@ -266,10 +349,12 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         negotiate(request)
         _check_type_syntax(resource_type)
         require_content_type(request, ("application/x-www-form-urlencoded",))
-        form = await request.form()
-        params = list(request.query_params.multi_items()) + [
-            (k, v) for k, v in form.multi_items() if isinstance(v, str)
-        ]
+        data = await read_body(request, _ctx(request).settings.max_body_bytes)
+        try:
+            form = parse_qsl(data.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("the _search body is not a valid form") from None
+        params = list(request.query_params.multi_items()) + form
         return await _search(request, resource_type, params)
 
     async def _search(
@@ -279,21 +364,28 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         strict = prefer_strict(request)
         count = settings.default_page_size
         offset = 0
+        total_mode = "accurate"
         query: list[tuple[str, str]] = []
         for name, value in params:
-            if name in ("_format", "_pretty"):
+            if name in ("_format", "_pretty", "_summary", "_elements"):
                 continue
             if name == "_count":
                 if not value.isdigit():
                     raise BadRequest(f"_count={value!r} must be a non-negative integer")
                 count = min(int(value), settings.max_page_size)
-                continue
-            if name == "_offset":
+            elif name == "_offset":
                 if not value.isdigit():
                     raise BadRequest(f"_offset={value!r} must be a non-negative integer")
                 offset = int(value)
-                continue
-            query.append((name, value))
+            elif name == "_total":
+                if value not in ("none", "estimate", "accurate"):
+                    raise BadRequest(f"_total={value!r} is not one of none, estimate, accurate")
+                total_mode = value
+            else:
+                query.append((name, value))
+        shaping = shaping_from(resource_type, params)
+        if shaping.summary == "count":
+            count = 0
 
         def work(store: SqlResourceStore) -> tuple[Any, list[StoredVersion]]:
             store.check_type(resource_type)
@@ -317,19 +409,20 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             return result, versions
 
         result, versions = await _in_store(request, False, work)
-        return fhir_response(
-            _searchset(request, resource_type, result, versions, count, offset),
-            pretty=is_pretty(request),
-        )
+        bundle = _searchset(request, result, versions, count, offset, shaping)
+        if total_mode == "none" and shaping.summary != "count":
+            bundle.pop("total", None)
+        return fhir_response(bundle, pretty=is_pretty(request))
 
     def _searchset(
         request: Request,
-        resource_type: str,
         result: Any,
         versions: list[StoredVersion],
         count: int,
         offset: int,
+        shaping: Shaping,
     ) -> dict[str, Any]:
+        """A searchset Bundle (http://hl7.org/fhir/R4/bundle.html#searchset) with paging links."""
         base = base_url(request)
         page_url = str(request.url).split("?", 1)[0]
         kept = [
@@ -341,14 +434,14 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             return page_url + "?" + "&".join(f"{k}={_quote(v)}" for k, v in items)
 
         links = [{"relation": "self", "url": link(offset)}]
-        if offset + count < result.total:
+        if count and offset + count < result.total:
             links.append({"relation": "next", "url": link(offset + count)})
-        if offset > 0:
+        if count and offset > 0:
             links.append({"relation": "previous", "url": link(max(0, offset - count))})
         entries: list[dict[str, Any]] = [
             {
                 "fullUrl": f"{base}/{v.resource_type}/{v.id}",
-                "resource": _raw(v),
+                "resource": _shaped(v, shaping),
                 "search": {"mode": "match"},
             }
             for v in versions
@@ -405,10 +498,10 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         negotiate(request)
         _check_type_syntax(resource_type)
         _check_id_syntax(resource_type, resource_id)
+        shaping = shaping_from(resource_type, list(request.query_params.multi_items()))
         version = await _in_store(request, False, lambda s: s.read(resource_type, resource_id))
-        return fhir_response(
-            version.body, headers=version_headers(version), pretty=is_pretty(request)
-        )
+        body: Any = version.body if shaping.whole else _shaped(version, shaping)
+        return fhir_response(body, headers=version_headers(version), pretty=is_pretty(request))
 
     @router.put("/" + TYPE_PATH + "/{resource_id}", summary="update (create-on-update allowed)")
     async def update(request: Request, resource_type: str, resource_id: str) -> Response:

@@ -157,7 +157,7 @@ class SqlResourceStore:
         ad = resource_ad(self.tenant, resource_type, resource_id, version)
         return key.version, seal(key.key, data, ad)
 
-    def _open(
+    def open_body(
         self, resource_type: str, resource_id: str, version: int, key_version: int, sealed: bytes
     ) -> bytes:
         key = self.keyring.version(self.tenant, key_version)
@@ -497,7 +497,7 @@ class SqlResourceStore:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
         if row.deleted:
             raise Gone(f"{resource_type}/{resource_id} was deleted")
-        data = self._open(resource_type, resource_id, row.version_id, row.key_version, row.body)
+        data = self.open_body(resource_type, resource_id, row.version_id, row.key_version, row.body)
         return StoredVersion(
             resource_type=resource_type,
             id=resource_id,
@@ -533,7 +533,9 @@ class SqlResourceStore:
                 version_id=row.version_id,
                 last_updated=as_utc(row.last_updated),
                 deleted=False,
-                body=self._open(resource_type, row.id, row.version_id, row.key_version, row.body),
+                body=self.open_body(
+                    resource_type, row.id, row.version_id, row.key_version, row.body
+                ),
             )
             for row in rows
         }
@@ -569,7 +571,9 @@ class SqlResourceStore:
             version_id=row.version_id,
             last_updated=as_utc(row.last_updated),
             deleted=False,
-            body=self._open(resource_type, resource_id, row.version_id, row.key_version, row.body),
+            body=self.open_body(
+                resource_type, resource_id, row.version_id, row.key_version, row.body
+            ),
             method=row.method,
         )
 
@@ -628,7 +632,7 @@ class SqlResourceStore:
                 deleted=row.deleted,
                 body=None
                 if row.deleted
-                else self._open(
+                else self.open_body(
                     row.resource_type, row.id, row.version_id, row.key_version, row.body
                 ),
                 method=row.method,
@@ -638,3 +642,70 @@ class SqlResourceStore:
         return HistoryPage(
             versions=versions, next_cursor=rows[-1].seq if more and rows else None, total=total
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CompartmentPage:
+    versions: list[StoredVersion]
+    # Keyset cursor "Type/id" of the last entry when more follow.
+    next_cursor: str | None
+
+
+def everything_page(
+    store: SqlResourceStore,
+    patient_id: str | None,
+    *,
+    since: datetime | None,
+    types: Sequence[str] | None,
+    count: int,
+    cursor: str | None,
+) -> CompartmentPage:
+    """One page of Patient/$everything (http://hl7.org/fhir/R4/patient-operation-everything.html):
+    the current resources in the patient's compartment (every patient's with ``patient_id``
+    None), ordered by type and id so pages are stable and the whole need not sit in memory."""
+    store.flush()
+    r, c = resource, resource_compartment
+    membership = sa.select(c.c.resource_id).where(
+        c.c.tenant_id == store.tenant,
+        c.c.resource_type == r.c.resource_type,
+        c.c.resource_id == r.c.id,
+    )
+    if patient_id is not None:
+        membership = membership.where(c.c.patient_id == patient_id)
+    conditions: list[Any] = [
+        r.c.tenant_id == store.tenant,
+        r.c.deleted.is_(False),
+        membership.exists(),
+    ]
+    if since is not None:
+        conditions.append(r.c.last_updated >= since)
+    if types:
+        conditions.append(r.c.resource_type.in_(list(types)))
+    if cursor is not None:
+        after_type, _, after_id = cursor.partition("/")
+        conditions.append(sa.tuple_(r.c.resource_type, r.c.id) > sa.tuple_(after_type, after_id))
+    rows = store.conn.execute(
+        sa.select(
+            r.c.resource_type, r.c.id, r.c.version_id, r.c.last_updated, r.c.key_version, r.c.body
+        )
+        .where(*conditions)
+        .order_by(r.c.resource_type, r.c.id)
+        .limit(count + 1)
+    ).all()
+    more = len(rows) > count
+    rows = rows[:count]
+    versions = [
+        StoredVersion(
+            resource_type=row.resource_type,
+            id=row.id,
+            version_id=row.version_id,
+            last_updated=as_utc(row.last_updated),
+            deleted=False,
+            body=store.open_body(
+                row.resource_type, row.id, row.version_id, row.key_version, row.body
+            ),
+        )
+        for row in rows
+    ]
+    next_cursor = f"{rows[-1].resource_type}/{rows[-1].id}" if more and rows else None
+    return CompartmentPage(versions=versions, next_cursor=next_cursor)

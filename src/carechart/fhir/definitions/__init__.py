@@ -65,6 +65,8 @@ class ElementDef:
     types: tuple[ElementType, ...]
     content_reference: str | None = None
     binding: Binding | None = None
+    #: ``ElementDefinition.isSummary``: kept by ``_summary=true``.
+    is_summary: bool = False
 
     @property
     def is_choice(self) -> bool:
@@ -214,6 +216,7 @@ def _structure(name: str, raw: dict[str, Any]) -> StructureDef:
                 ),
                 content_reference=e.get("contentReference"),
                 binding=Binding(binding["strength"], binding.get("valueSet")) if binding else None,
+                is_summary=bool(e.get("summary", False)),
             )
         )
     return StructureDef(name, raw["kind"], bool(raw["abstract"]), raw["base"], tuple(elements))

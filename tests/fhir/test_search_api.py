@@ -1,0 +1,197 @@
+"""Search over HTTP: searchset Bundles, paging, _summary, _elements, _total, $everything."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+FHIR = {"Content-Type": "application/fhir+json"}
+
+
+def post(client: TestClient, body: dict[str, Any]) -> str:
+    response = client.post(f"/fhir/{body['resourceType']}", content=json.dumps(body), headers=FHIR)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def make_patient(client: TestClient, family: str, gender: str = "female") -> str:
+    return post(
+        client,
+        {
+            "resourceType": "Patient",
+            "name": [{"family": family, "given": ["Ann"]}],
+            "gender": gender,
+            "birthDate": "1980-05-01",
+            "text": {
+                "status": "generated",
+                "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>',
+            },
+            "contact": [{"name": {"family": "Kin"}}],
+        },
+    )
+
+
+def observation(patient_id: str, code: str, value: float) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": "2024-03-01T10:00:00Z",
+        "valueQuantity": {
+            "value": value,
+            "unit": "mmol/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "mmol/L",
+        },
+    }
+
+
+def test_search_by_token_returns_a_searchset(client: TestClient) -> None:
+    pid = make_patient(client, "Searchable")
+    post(client, observation(pid, "2823-3", 4.1))
+    post(client, observation(pid, "2345-7", 5.5))
+    bundle = client.get("/fhir/Observation", params={"code": "http://loinc.org|2823-3"}).json()
+    assert bundle["type"] == "searchset"
+    assert bundle["total"] == 1
+    assert bundle["entry"][0]["search"]["mode"] == "match"
+    assert bundle["entry"][0]["resource"]["code"]["coding"][0]["code"] == "2823-3"
+
+
+def test_search_by_blind_indexed_name_finds_the_patient(client: TestClient) -> None:
+    pid = make_patient(client, "Oyelaran")
+    make_patient(client, "Other")
+    bundle = client.get("/fhir/Patient", params={"family": "oyel"}).json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [pid]
+
+
+def test_paging_links_walk_every_result_once(client: TestClient) -> None:
+    pid = make_patient(client, "Pager")
+    for i in range(5):
+        post(client, observation(pid, "2823-3", 4.0 + i))
+    seen: list[str] = []
+    url: str | None = "/fhir/Observation?subject=Patient/" + pid + "&_count=2"
+    while url:
+        page = client.get(url).json()
+        assert page["total"] == 5
+        seen += [e["resource"]["id"] for e in page["entry"]]
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+    assert len(seen) == 5 == len(set(seen))
+
+
+def test_unknown_parameters_are_reported_and_strict_handling_refuses(client: TestClient) -> None:
+    bundle = client.get("/fhir/Patient", params={"shoe-size": "12"}).json()
+    outcome = [e for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+    assert "shoe-size" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+    strict = client.get(
+        "/fhir/Patient", params={"shoe-size": "12"}, headers={"Prefer": "handling=strict"}
+    )
+    assert strict.status_code == 400
+
+
+def test_invalid_search_values_are_400(client: TestClient) -> None:
+    response = client.get("/fhir/Observation", params={"date": "not-a-date"})
+    assert response.status_code == 400
+    assert "date" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_summary_count_returns_only_the_total(client: TestClient) -> None:
+    make_patient(client, "Counted")
+    make_patient(client, "Counted")
+    bundle = client.get("/fhir/Patient", params={"_summary": "count"}).json()
+    assert bundle["total"] == 2
+    assert bundle["entry"] == []
+
+
+def test_summary_true_keeps_summary_elements_and_marks_subsetted(client: TestClient) -> None:
+    pid = make_patient(client, "Summarised")
+    resource = client.get(f"/fhir/Patient/{pid}", params={"_summary": "true"}).json()
+    assert "name" in resource
+    assert "gender" in resource
+    assert "contact" not in resource  # Patient.contact is not a summary element
+    assert "text" not in resource
+    assert {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+        "code": "SUBSETTED",
+    } in resource["meta"]["tag"]
+
+
+def test_summary_data_drops_the_narrative(client: TestClient) -> None:
+    pid = make_patient(client, "Data")
+    bundle = client.get("/fhir/Patient", params={"_id": pid, "_summary": "data"}).json()
+    assert "text" not in bundle["entry"][0]["resource"]
+    assert "contact" in bundle["entry"][0]["resource"]
+
+
+def test_elements_keeps_only_the_named_elements(client: TestClient) -> None:
+    pid = make_patient(client, "Elements")
+    resource = client.get(f"/fhir/Patient/{pid}", params={"_elements": "gender"}).json()
+    assert set(resource) == {"resourceType", "id", "meta", "gender"}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"_summary": "maybe"},
+        {"_elements": "shoeSize"},
+        {"_total": "lots"},
+        {"_summary": "true", "_elements": "gender"},
+    ],
+)
+def test_bad_result_parameters_are_400(client: TestClient, params: dict[str, str]) -> None:
+    assert client.get("/fhir/Patient", params=params).status_code == 400
+
+
+def test_total_none_omits_the_total(client: TestClient) -> None:
+    make_patient(client, "Totalless")
+    assert "total" not in client.get("/fhir/Patient", params={"_total": "none"}).json()
+
+
+def test_post_search_with_a_form_body(client: TestClient) -> None:
+    pid = make_patient(client, "Formed", gender="male")
+    response = client.post(
+        "/fhir/Patient/_search",
+        content="gender=male",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    assert [e["resource"]["id"] for e in response.json()["entry"]] == [pid]
+
+
+def test_everything_returns_the_patients_compartment_only(client: TestClient) -> None:
+    pid = make_patient(client, "Everything")
+    other = make_patient(client, "Elsewhere")
+    mine = {post(client, observation(pid, "2823-3", 4.0 + i)) for i in range(3)}
+    post(client, observation(other, "2823-3", 9.9))
+    bundle = client.get(f"/fhir/Patient/{pid}/$everything").json()
+    ids = {(e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"]}
+    assert ids == {("Patient", pid)} | {("Observation", i) for i in mine}
+
+
+def test_everything_pages_with_stable_cursors_and_filters_by_type(client: TestClient) -> None:
+    pid = make_patient(client, "Paged")
+    for i in range(5):
+        post(client, observation(pid, "2823-3", 1.0 + i))
+    seen: list[str] = []
+    url: str | None = f"/fhir/Patient/{pid}/$everything?_count=2&_type=Observation"
+    while url:
+        page = client.get(url).json()
+        seen += [e["resource"]["id"] for e in page["entry"]]
+        assert all(e["resource"]["resourceType"] == "Observation" for e in page["entry"])
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+    assert len(seen) == 5 == len(set(seen))
+
+
+def test_everything_for_an_unknown_patient_is_404(client: TestClient) -> None:
+    assert client.get("/fhir/Patient/nobody/$everything").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "params", [{"_type": "Unicorn"}, {"_count": "0"}, {"_cursor": "garbage"}, {"_since": "soon"}]
+)
+def test_everything_bad_parameters_are_400(client: TestClient, params: dict[str, str]) -> None:
+    pid = make_patient(client, "Bad")
+    assert client.get(f"/fhir/Patient/{pid}/$everything", params=params).status_code == 400
