@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test install lint typecheck fhir-package definitions bench clean
+.PHONY: serve test install lint typecheck fhir-package definitions bench clean migration
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,9 @@ bench: install fhir-package
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+## Rebuild the initial migration from the declared tables (pre-release only).
+migration: install
+	$(BIN)/python tools/regen_initial_migration.py
+	$(BIN)/ruff check --fix --quiet src/carechart/db/migrations
+	$(BIN)/ruff format --quiet src/carechart/db/migrations

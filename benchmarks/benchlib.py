@@ -409,7 +409,17 @@ def machine() -> dict[str, str]:
     load = "n/a"
     with contextlib.suppress(OSError):
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    head = _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _run(["git", "-C", str(ROOT), "status", "--short", "--", "src"]).splitlines()
+    package = _run([PYTHON, "-c", "import carechart; print(carechart.__file__)"])
+    package = str(Path(package).parent) if package.endswith(".py") else "not importable"
+    code = f"git {head}" + (f" + {len(dirty)} uncommitted paths under src/" if dirty else "")
+    if package != str(ROOT / "src" / "carechart"):
+        code = (
+            f"carechart imported from `{package}` (PYTHONPATH={os.environ.get('PYTHONPATH', '')})"
+        )
     return {
+        "code": code,
         "nproc": _run(["nproc"]),
         "cpu": cpu,
         "free -h": _run(["free", "-h"]),

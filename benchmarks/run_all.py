@@ -99,6 +99,7 @@ def main() -> int:
         "",
         "## Machine",
         "",
+        f"- code: {info['code']}",
         f"- nproc: {info['nproc']}; CPU: {info['cpu']}; kernel {info['kernel']}",
         f"- PostgreSQL {info['postgresql']}; Python {info['python']}; {info['wrk']}",
         f"- load average at start: {info['load average (start)']}",
@@ -128,6 +129,7 @@ def main() -> int:
             sections.extend(lines[:-1] if lines and lines[-1] == "" else lines)
             sections.extend(
                 [
+                    "",
                     f"_Context: {time.monotonic() - t0:.0f} s; {busy}; "
                     f"load average {load0} → {load1}._",
                     "",

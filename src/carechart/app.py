@@ -14,6 +14,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carechart import __version__, jsonio
+from carechart.auth.endpoints import router as auth_router
+from carechart.auth.endpoints import well_known_router
 from carechart.config import Settings, get_settings
 from carechart.context import AppContext
 from carechart.errors import CarechartError, Issue
@@ -94,6 +96,8 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
         redoc_url=None,
     )
     app.state.ctx = ctx or AppContext.from_settings(settings)
+    app.include_router(auth_router)
+    app.include_router(well_known_router)
     app.include_router(build_router(), prefix="/fhir")
     app.include_router(build_router(include_in_schema=False), prefix="/api/v1/fhir")
     app.add_middleware(NoStoreMiddleware)

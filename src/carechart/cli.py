@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from carechart.auth.cli import users_app
 from carechart.config import get_settings
 
 app = typer.Typer(
@@ -14,6 +15,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
 console = Console(stderr=True)
 
 

@@ -60,3 +60,36 @@ class PasswordRejected(Unprocessable):
 
 class InvalidUsername(Unprocessable):
     code = "INVALID_USERNAME"
+
+
+class Forbidden(CarechartError):
+    """Authenticated, but this caller may not do this."""
+
+    status, code, fhir_code = 403, "FORBIDDEN", "forbidden"
+
+
+class PasswordChangeRequired(Forbidden):
+    """The session may only change the account's password (a one-time or reset password)."""
+
+    code = "PASSWORD_CHANGE_REQUIRED"
+
+    def __init__(self) -> None:
+        super().__init__("the password must be changed before anything else")
+
+
+class MfaEnrollmentRequired(Forbidden):
+    """The role needs TOTP (SECURITY A5) and the account has not set it up yet."""
+
+    code = "MFA_ENROLLMENT_REQUIRED"
+
+    def __init__(self) -> None:
+        super().__init__("multi-factor authentication must be set up before anything else")
+
+
+class UsernameTaken(CarechartError):
+    """SECURITY A1: unique after NFKC + casefold."""
+
+    status, code, fhir_code = 409, "USERNAME_TAKEN", "duplicate"
+
+    def __init__(self) -> None:
+        super().__init__("an account with this username already exists")

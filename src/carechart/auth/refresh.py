@@ -260,3 +260,19 @@ def revoke_user_sessions(
         .where(s.c.tenant_id == tenant, s.c.user_id == user_id, s.c.revoked_at.is_(None))
         .values(revoked_at=now, revoked_reason=reason)
     ).rowcount
+
+
+def owner_of_token(conn: Connection, *, tenant: str, presented: str) -> str | None:
+    """The user whose session issued ``presented`` (used or not), for the audit record of a
+    refused exchange; None when the token is unknown."""
+    s, r = auth_session, refresh_token
+    value = conn.execute(
+        sa.select(s.c.user_id)
+        .join(r, r.c.session_id == s.c.session_id)
+        .where(
+            r.c.token_hash == token_digest(presented),
+            r.c.tenant_id == tenant,
+            s.c.tenant_id == tenant,
+        )
+    ).scalar()
+    return None if value is None else str(value)

@@ -142,3 +142,18 @@ def verify(
         .values(last_step=step)
     ).rowcount
     return claimed == 1
+
+
+def is_confirmed(conn: Connection, *, tenant: str, user_id: str) -> bool:
+    """Enrolled and proven: one code has been accepted since the seed was issued. Only a
+    confirmed seed is asked for at login, so a seed lost before it was scanned locks no one
+    out."""
+    t = totp_credential
+    return (
+        conn.execute(
+            sa.select(sa.literal(1)).where(
+                t.c.tenant_id == tenant, t.c.user_id == user_id, t.c.last_step.is_not(None)
+            )
+        ).first()
+        is not None
+    )

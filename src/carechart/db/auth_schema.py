@@ -116,6 +116,32 @@ audit_event = sa.Table(
     sa.Index(None, "tenant_id", "recorded_at"),
 )
 
+# People who sign in (SECURITY A1). Nothing here is readable in a dump (A3, D2): the username
+# is kept only as a keyed blind index (HMAC of the canonical form under a per-tenant key), which
+# is what login looks up and what the uniqueness constraint holds; the e-mail address and full
+# name (PHI for patient users) are sealed together with AES-256-GCM, bound to tenant and id.
+user_account = sa.Table(
+    "user_account",
+    metadata,
+    sa.Column("tenant_id", TENANT, primary_key=True),
+    sa.Column("id", USER_ID, primary_key=True),
+    sa.Column("username_index", DIGEST, nullable=False),
+    sa.Column("sealed_profile", sa.LargeBinary, nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    # argon2id PHC string; NULL for accounts that never sign in with a password (system).
+    sa.Column("password_hash", sa.String(256), nullable=True),
+    sa.Column("must_change_password", sa.Boolean, nullable=False),
+    # The Patient resource a patient user is (role ``patient`` only).
+    sa.Column("patient_id", RID, nullable=True),
+    # Territories (sites, departments) the user works in; a JSON list of codes.
+    sa.Column("territories", sa.JSON, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("password_changed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.UniqueConstraint("tenant_id", "username_index"),
+)
+
 AUTH_TABLES = (
     token_signing_key,
     auth_session,
@@ -123,6 +149,7 @@ AUTH_TABLES = (
     totp_credential,
     login_lockout,
     audit_event,
+    user_account,
 )
 
 # The exact statements, per dialect, that make audit_event append-only. Kept as data so the

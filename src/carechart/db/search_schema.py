@@ -7,6 +7,13 @@ Parameter Types" (string, token, date, number, quantity, reference, uri), plus
 in plaintext. Every row carries ``tenant_id``, ``resource_type``, ``resource_id`` and the
 parameter ``code``; rows are replaced as a whole each time the resource is written.
 
+Composite parameters (§3.1.1.5.8 "composite") are indexed as rows of their components'
+types, in the same tables, with ``code`` = ``<composite>$<component index>`` and ``grp`` =
+the ordinal of the focus element the components came from (one Observation.component,
+say), so a query joins components of the same element only. Ordinary rows have ``grp``
+NULL. ``search_blind_bits`` records how many bits each (tenant, type, parameter) blind
+index keeps (see :mod:`carechart.fhir.search.buckets`).
+
 Ranges are stored as inclusive ``low``/``high`` bounds so that one comparison shape serves
 the prefixes eq/ne/lt/gt/le/ge/sa/eb/ap: dates as epoch milliseconds (UTC), numbers and
 quantities as doubles. Unbounded ends hold :data:`LOW_END`/:data:`HIGH_END` (dates) or
@@ -30,6 +37,7 @@ __all__ = [
     "URI_LEN",
     "metadata",
     "search_blind",
+    "search_blind_bits",
     "search_date",
     "search_number",
     "search_quantity",
@@ -60,6 +68,7 @@ def _index_table(
     *columns: sa.Column[Any],
     value_index: tuple[str, ...],
     pattern_column: str | None = None,
+    grouped: bool = True,
 ) -> sa.Table:
     """An index table: owner columns, the value columns, a lookup index for the query
     (tenant, type, code, values...) and one on the owner for replace-on-write."""
@@ -71,6 +80,8 @@ def _index_table(
         sa.Column("resource_id", RID, nullable=False),
         sa.Column("code", PARAM, nullable=False),
         *columns,
+        # Focus-element ordinal of a composite's component rows; NULL on ordinary rows.
+        *([sa.Column("grp", sa.SmallInteger, nullable=True)] if grouped else []),
         sa.Index(
             f"ix_{short}_value",
             "tenant_id",
@@ -160,6 +171,20 @@ search_blind = _index_table(
     # Truncated HMAC of a normalised value (carechart.crypto.blind.blind_token).
     sa.Column("token", sa.String(16), nullable=False),
     value_index=("token",),
+    grouped=False,
+)
+
+search_blind_bits = sa.Table(
+    "search_blind_bits",
+    metadata,
+    sa.Column("tenant_id", TENANT, nullable=False),
+    sa.Column("resource_type", RTYPE, nullable=False),
+    sa.Column("code", PARAM, nullable=False),
+    # Bits kept of each HMAC for this parameter's tokens (writes and queries agree on it).
+    sa.Column("bits", sa.SmallInteger, nullable=False),
+    # Resources carrying the parameter when the bits were planned.
+    sa.Column("planned_rows", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("tenant_id", "resource_type", "code", name="pk_search_blind_bits"),
 )
 
 INDEX_TABLES: dict[str, sa.Table] = {

@@ -13,7 +13,9 @@ from carechart.fhir.search.normalize import normalize_text, parse_date, soundex
 def rows_of(resource: dict[str, Any], kind: str, code: str) -> list[dict[str, Any]]:
     rows, _blind = extract(resource["resourceType"], resource)
     return [
-        {k: v for k, v in r.items() if k != "code"} for r in rows.get(kind, []) if r["code"] == code
+        {k: v for k, v in r.items() if k not in ("code", "grp")}
+        for r in rows.get(kind, [])
+        if r["code"] == code
     ]
 
 

@@ -155,3 +155,66 @@ def test_search_equals_brute_force(
         assert result.total == len(expected)
     finally:
         savepoint.rollback()
+
+
+GENDERS = ["male", "female", "other"]
+
+patients = st.lists(
+    st.tuples(st.sampled_from(GENDERS), st.booleans()),  # (gender, deleted)
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    people=patients,
+    links=st.lists(st.tuples(st.integers(0, 3), st.sampled_from(CODES)), max_size=6),
+    gender=st.sampled_from(GENDERS),
+    code=st.sampled_from(CODES),
+)
+def test_chain_and_has_equal_brute_force(
+    conn: Connection,
+    keyring: KeyRing,
+    tenant: str,
+    put: Callable[..., str],
+    people: list[tuple[str, bool]],
+    links: list[tuple[int, str]],
+    gender: str,
+    code: str,
+) -> None:
+    """subject:Patient.gender (§3.1.1.6) and _has:Observation:subject:code (§3.1.1.6.1)
+    over generated Patients (some deleted) and Observations pointing at them."""
+    savepoint = conn.begin_nested()
+    try:
+        pids = [
+            put({"resourceType": "Patient", "gender": g}, deleted=deleted) for g, deleted in people
+        ]
+        observations = []
+        for target, obs_code in links:
+            index = target % len(pids)
+            body = {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"code": obs_code}]},
+                "subject": {"reference": f"Patient/{pids[index]}"},
+            }
+            observations.append((put(body), index, obs_code))
+
+        def alive(i: int) -> bool:
+            return not people[i][1]
+
+        chained = search(conn, keyring, tenant, "Observation", [("subject:Patient.gender", gender)])
+        assert set(chained.ids) == {
+            oid for oid, i, _c in observations if alive(i) and people[i][0] == gender
+        }
+        reverse = search(
+            conn, keyring, tenant, "Patient", [("_has:Observation:subject:code", code)]
+        )
+        assert set(reverse.ids) == {
+            pids[i] for _oid, i, c in observations if c == code and alive(i)
+        }
+    finally:
+        savepoint.rollback()

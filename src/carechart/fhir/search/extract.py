@@ -31,11 +31,16 @@ __all__ = [
     "BLIND_TYPES",
     "INDEXED_TYPES",
     "PREFIX_MAX",
+    "ComponentPlan",
+    "CompositePlan",
     "ParamPlan",
     "blind_keys_for_values",
     "blind_token_value",
+    "composite_plans",
     "extract",
+    "identifier_index_code",
     "plan_for",
+    "reference_identifiers",
     "reference_parts",
 ]
 
@@ -116,11 +121,74 @@ def plan_for(resource_type: str) -> dict[str, ParamPlan]:
     return plans
 
 
+@dataclass(frozen=True, slots=True)
+class ComponentPlan:
+    """One component of a composite: its own parameter type and an expression evaluated
+    on the composite's focus element (search.html §3.1.1.5.8, SearchParameter.component)."""
+
+    type: str
+    path: CompiledPath
+    definition: SearchParamDef
+
+
+@dataclass(frozen=True, slots=True)
+class CompositePlan:
+    code: str
+    #: The focus elements (``Observation | Observation.component``); each one is a group.
+    path: CompiledPath
+    components: tuple[ComponentPlan, ...]
+    definition: SearchParamDef
+    root_keys: tuple[str, ...] | None = None
+
+
+def identifier_index_code(code: str) -> str:
+    """Blind-index code of a reference parameter's Reference.identifier values (the
+    ``:identifier`` modifier, §3.1.1.5.6): "subject" -> "subject:identifier"."""
+    return code + ":identifier"
+
+
+@cache
+def composite_plans(resource_type: str) -> dict[str, CompositePlan]:
+    """The composite parameters of ``resource_type`` whose components are all indexable
+    (none is a PHI parameter of a blind type), by code."""
+    definitions = load_definitions()
+    by_url = {p.url: p for p in definitions.all_search_parameters()}
+    plans: dict[str, CompositePlan] = {}
+    for param in definitions.search_parameters(resource_type):
+        if param.type != "composite" or not param.expression or not param.components:
+            continue
+        components: list[ComponentPlan] = []
+        for component in param.components:
+            target = by_url.get(component.definition)
+            if (
+                target is None
+                or target.type not in INDEXED_TYPES
+                or (resource_type in BLIND_TYPES and target.code in BLIND_PARAMS)
+            ):
+                break
+            components.append(
+                ComponentPlan(target.type, compile_path(component.expression), target)
+            )
+        else:
+            plans[param.code] = CompositePlan(
+                param.code,
+                compile_path(param.expression, resource_type),
+                tuple(components),
+                param,
+                _root_keys(param.expression, resource_type),
+            )
+    return plans
+
+
 Rows = dict[str, list[dict[str, Any]]]
 
 
 def extract(resource_type: str, resource: dict[str, Any]) -> tuple[Rows, dict[str, set[str]]]:
-    """Index rows by table kind (without owner columns) and blind keys by parameter code."""
+    """Index rows by table kind (without owner columns) and blind keys by parameter code.
+
+    Every row has a ``grp`` key: None on ordinary rows; on a composite's component rows
+    (code ``<composite>$<i>``) the ordinal of the focus element they were taken from.
+    """
     rows: Rows = {}
     blind: dict[str, set[str]] = {}
     present = _present_names(resource)
@@ -139,8 +207,41 @@ def extract(resource_type: str, resource: dict[str, Any]) -> tuple[Rows, dict[st
         out = rows.setdefault(plan.type, [])
         for row in _ROW_MAKERS[plan.type](nodes):
             row["code"] = code
+            row["grp"] = None
             out.append(row)
+        if plan.type == "reference":
+            # Reference.identifier is a business identifier (often an MRN): blind only.
+            keys = blind_keys_for_values("token", "identifier", reference_identifiers(nodes))
+            if keys:
+                blind[identifier_index_code(code)] = keys
+    for code, composite in composite_plans(resource_type).items():
+        roots = composite.root_keys
+        if roots is not None and present.isdisjoint(roots):
+            continue
+        for group, (focus, _type) in enumerate(composite.path.evaluate(resource)):
+            parts: list[list[dict[str, Any]]] = []
+            for index, component in enumerate(composite.components):
+                nodes = component.path.evaluate(focus, resource)
+                made = list(_ROW_MAKERS[component.type](nodes))
+                if not made:
+                    break  # a group without every component can never match: no rows
+                for row in made:
+                    row["code"] = f"{code}${index}"
+                    row["grp"] = group
+                parts.append(made)
+            else:
+                for component, made in zip(composite.components, parts, strict=True):
+                    rows.setdefault(component.type, []).extend(made)
     return rows, blind
+
+
+def reference_identifiers(nodes: list[Node]) -> list[Node]:
+    """The Reference.identifier values among reference nodes, as Identifier nodes."""
+    return [
+        (value["identifier"], "Identifier")
+        for value, _type in nodes
+        if isinstance(value, dict) and isinstance(value.get("identifier"), dict)
+    ]
 
 
 # -- string ----------------------------------------------------------------------------

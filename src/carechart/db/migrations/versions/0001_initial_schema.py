@@ -2,7 +2,6 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 14:19:55.825567
 """
 
 from __future__ import annotations
@@ -233,6 +232,15 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "search_blind_bits",
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("resource_type", sa.String(length=64), nullable=False),
+        sa.Column("code", sa.String(length=64), nullable=False),
+        sa.Column("bits", sa.SmallInteger(), nullable=False),
+        sa.Column("planned_rows", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", "resource_type", "code", name="pk_search_blind_bits"),
+    )
+    op.create_table(
         "search_date",
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("resource_type", sa.String(length=64), nullable=False),
@@ -240,6 +248,7 @@ def upgrade() -> None:
         sa.Column("code", sa.String(length=64), nullable=False),
         sa.Column("low", sa.BigInteger(), nullable=False),
         sa.Column("high", sa.BigInteger(), nullable=False),
+        sa.Column("grp", sa.SmallInteger(), nullable=True),
     )
     with op.batch_alter_table("search_date", schema=None) as batch_op:
         batch_op.create_index(
@@ -260,6 +269,7 @@ def upgrade() -> None:
         sa.Column("code", sa.String(length=64), nullable=False),
         sa.Column("low", sa.Float(), nullable=False),
         sa.Column("high", sa.Float(), nullable=False),
+        sa.Column("grp", sa.SmallInteger(), nullable=True),
     )
     with op.batch_alter_table("search_number", schema=None) as batch_op:
         batch_op.create_index(
@@ -283,6 +293,7 @@ def upgrade() -> None:
         sa.Column("system", sa.String(length=512), nullable=True),
         sa.Column("unit_code", sa.String(length=255), nullable=True),
         sa.Column("unit", sa.String(length=255), nullable=True),
+        sa.Column("grp", sa.SmallInteger(), nullable=True),
     )
     with op.batch_alter_table("search_quantity", schema=None) as batch_op:
         batch_op.create_index(
@@ -304,6 +315,7 @@ def upgrade() -> None:
         sa.Column("target_type", sa.String(length=64), nullable=True),
         sa.Column("target_id", sa.String(length=64), nullable=True),
         sa.Column("url", sa.String(length=512), nullable=True),
+        sa.Column("grp", sa.SmallInteger(), nullable=True),
     )
     with op.batch_alter_table("search_reference", schema=None) as batch_op:
         batch_op.create_index(
@@ -324,6 +336,7 @@ def upgrade() -> None:
         sa.Column("code", sa.String(length=64), nullable=False),
         sa.Column("value_norm", sa.String(length=255), nullable=False),
         sa.Column("value_exact", sa.String(length=255), nullable=False),
+        sa.Column("grp", sa.SmallInteger(), nullable=True),
     )
     with op.batch_alter_table("search_string", schema=None) as batch_op:
         batch_op.create_index(
@@ -347,6 +360,7 @@ def upgrade() -> None:
         sa.Column("text_norm", sa.String(length=255), nullable=True),
         sa.Column("type_system", sa.String(length=512), nullable=True),
         sa.Column("type_code", sa.String(length=255), nullable=True),
+        sa.Column("grp", sa.SmallInteger(), nullable=True),
     )
     with op.batch_alter_table("search_token", schema=None) as batch_op:
         batch_op.create_index(
@@ -366,6 +380,7 @@ def upgrade() -> None:
         sa.Column("resource_id", sa.String(length=64), nullable=False),
         sa.Column("code", sa.String(length=64), nullable=False),
         sa.Column("uri", sa.String(length=512), nullable=False),
+        sa.Column("grp", sa.SmallInteger(), nullable=True),
     )
     with op.batch_alter_table("search_uri", schema=None) as batch_op:
         batch_op.create_index(
@@ -408,6 +423,26 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", "user_id", name=op.f("pk_totp_credential")),
     )
     op.create_table(
+        "user_account",
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("username_index", sa.String(length=64), nullable=False),
+        sa.Column("sealed_profile", sa.LargeBinary(), nullable=False),
+        sa.Column("role", sa.String(length=32), nullable=False),
+        sa.Column("password_hash", sa.String(length=256), nullable=True),
+        sa.Column("must_change_password", sa.Boolean(), nullable=False),
+        sa.Column("patient_id", sa.String(length=64), nullable=True),
+        sa.Column("territories", sa.JSON(), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("password_changed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("tenant_id", "id", name=op.f("pk_user_account")),
+        sa.UniqueConstraint(
+            "tenant_id", "username_index", name=op.f("uq_user_account_tenant_id_username_index")
+        ),
+    )
+    op.create_table(
         "refresh_token",
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("session_id", sa.String(length=64), nullable=False),
@@ -439,6 +474,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_refresh_token_session_id"))
 
     op.drop_table("refresh_token")
+    op.drop_table("user_account")
     op.drop_table("totp_credential")
     op.drop_table("token_signing_key")
     op.drop_table("tenant_key")
@@ -477,6 +513,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_sdate_owner")
 
     op.drop_table("search_date")
+    op.drop_table("search_blind_bits")
     with op.batch_alter_table("search_blind", schema=None) as batch_op:
         batch_op.drop_index("ix_sbld_value", postgresql_ops={})
         batch_op.drop_index("ix_sbld_owner")
