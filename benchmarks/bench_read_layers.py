@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import benchlib as b
 
@@ -54,6 +55,29 @@ def _interleaved(fns: dict[str, Callable[[int], None]], n: int, runs: int) -> di
                 fn(i)
             samples[key].append((time.perf_counter() - start) / n * 1e6)
     return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def _round_trips(ctx: Any, rid: str, trace: Path) -> float:
+    """Round trips of one production-path read, from a libpq protocol trace: frontend
+    ``Query`` (simple protocol) and ``Sync`` (extended protocol) messages each await a reply."""
+    for _ in range(8):  # past psycopg's prepare threshold, as in steady state
+        with ctx.store(write=False) as store:
+            store.read("Patient", rid)
+    with ctx.engine.connect() as conn:  # the pool's (only) connection
+        pgconn = conn.connection.dbapi_connection.pgconn
+    with trace.open("w") as fh:
+        pgconn.trace(fh.fileno())
+        try:
+            with ctx.store(write=False) as store:
+                store.read("Patient", rid)
+        finally:
+            pgconn.untrace()
+    count = 0
+    for line in trace.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) > 3 and parts[1] == "F" and parts[3] in ("Query", "Sync"):
+            count += 1
+    return float(count)
 
 
 def measure(n: int, runs: int) -> dict[str, float]:
@@ -109,7 +133,8 @@ def measure(n: int, runs: int) -> dict[str, float]:
                 with ctx.store(write=False) as s:
                     s.read("Patient", ids[i % 1000])
 
-            out = _interleaved(
+            out = {"round_trips": _round_trips(ctx, ids[0], Path(tmp) / "trace.txt")}
+            out |= _interleaved(
                 {"psycopg": l_psycopg, "sa_autocommit": l_auto, "sa_tx": l_tx, "store": l_store},
                 n,
                 runs,
@@ -135,7 +160,7 @@ def run(n: int = 1000, runs: int = 7) -> dict[str, float]:
     if done.returncode != 0:
         raise RuntimeError(f"bench_read_layers failed:\n{done.stderr[-2000:]}")
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    b.log("read layers (us): " + ", ".join(f"{k} {v:.0f}" for k, v in result.items()))
+    b.log("read layers: " + ", ".join(f"{k} {v:.0f}" for k, v in result.items()))
     return result
 
 
@@ -150,6 +175,12 @@ def report(r: dict[str, float], http_read_us: float | None = None) -> list[str]:
         "|---|---|---|",
     ]
     floor = r.get("psycopg", float("nan"))
+    if "round_trips" in r:
+        lines[4:4] = [
+            f"Database round trips in one production-path read (libpq trace): "
+            f"**{r['round_trips']:.0f}**.",
+            "",
+        ]
     for key, label in LAYERS:
         v = r.get(key, float("nan"))
         lines.append(f"| {label} | {b.fmt(v)} | {v / floor:.1f} |")

@@ -195,3 +195,82 @@ def test_everything_for_an_unknown_patient_is_404(client: TestClient) -> None:
 def test_everything_bad_parameters_are_400(client: TestClient, params: dict[str, str]) -> None:
     pid = make_patient(client, "Bad")
     assert client.get(f"/fhir/Patient/{pid}/$everything", params=params).status_code == 400
+
+
+def test_compartment_search_returns_only_that_patients_resources(client: TestClient) -> None:
+    pid = make_patient(client, "Compartment")
+    other = make_patient(client, "Outside")
+    mine = post(client, observation(pid, "2823-3", 4.2))
+    post(client, observation(other, "2823-3", 4.2))
+    bundle = client.get(f"/fhir/Patient/{pid}/Observation", params={"code": "2823-3"}).json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [mine]
+    assert bundle["total"] == 1
+
+
+def test_compartment_search_of_unknown_patient_is_404_and_bad_type_400(client: TestClient) -> None:
+    assert client.get("/fhir/Patient/ghost/Observation").status_code == 404
+    pid = make_patient(client, "Typed")
+    assert client.get(f"/fhir/Patient/{pid}/Organization").status_code == 400
+
+
+def test_patient_instance_history_is_not_taken_for_a_compartment(client: TestClient) -> None:
+    pid = make_patient(client, "Historic")
+    assert client.get(f"/fhir/Patient/{pid}/_history").json()["type"] == "history"
+
+
+def test_include_adds_the_referenced_patient_once(client: TestClient) -> None:
+    pid = make_patient(client, "Included")
+    for value in (4.0, 4.5):
+        post(client, observation(pid, "2823-3", value))
+    bundle = client.get(
+        "/fhir/Observation", params={"subject": f"Patient/{pid}", "_include": "Observation:subject"}
+    ).json()
+    modes = [(e["search"]["mode"], e["resource"]["resourceType"]) for e in bundle["entry"]]
+    assert modes.count(("match", "Observation")) == 2
+    assert modes.count(("include", "Patient")) == 1
+    assert bundle["total"] == 2
+
+
+def test_revinclude_adds_the_observations_of_the_patient(client: TestClient) -> None:
+    pid = make_patient(client, "Revincluded")
+    obs = post(client, observation(pid, "2823-3", 4.0))
+    bundle = client.get(
+        "/fhir/Patient", params={"_id": pid, "_revinclude": "Observation:subject"}
+    ).json()
+    included = [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
+    assert included == [obs]
+
+
+def test_malformed_include_is_400(client: TestClient) -> None:
+    assert client.get("/fhir/Observation", params={"_include": "nonsense"}).status_code == 400
+
+
+def test_blind_name_search_pages_and_totals_count_true_matches(client: TestClient) -> None:
+    wanted = {make_patient(client, "Abernathy") for _ in range(3)}
+    make_patient(client, "Zimmerman")
+    first = client.get("/fhir/Patient", params={"family": "aber", "_count": "2"}).json()
+    assert first["total"] == 3
+    second_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    second = client.get(second_url).json()
+    found = [e["resource"]["id"] for e in first["entry"] + second["entry"]]
+    assert set(found) == wanted
+    assert len(found) == 3
+
+
+def test_capability_statement_lists_only_supported_search_parameters(client: TestClient) -> None:
+    statement = client.get("/fhir/metadata").json()
+    observation_entry = next(
+        r for r in statement["rest"][0]["resource"] if r["type"] == "Observation"
+    )
+    names = {p["name"] for p in observation_entry["searchParam"]}
+    assert {"code", "subject", "date", "code-value-quantity", "_lastUpdated"} <= names
+    patient_entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
+    assert "near" not in {
+        p["name"]
+        for p in next(r for r in statement["rest"][0]["resource"] if r["type"] == "Location")[
+            "searchParam"
+        ]
+    }
+    assert {"family", "identifier", "birthdate"} <= {
+        p["name"] for p in patient_entry["searchParam"]
+    }

@@ -11,6 +11,7 @@ from typing import Any
 
 from carechart import __version__
 from carechart.fhir.definitions import load_definitions
+from carechart.fhir.search import supported_parameters
 
 _TYPE_INTERACTIONS = [
     "read",
@@ -30,10 +31,12 @@ def _resources() -> list[dict[str, Any]]:
     definitions = load_definitions()
     resources: list[dict[str, Any]] = []
     for resource_type in sorted(definitions.resource_types):
-        params = [
-            {"name": p.code, "definition": p.url, "type": p.type}
-            for p in definitions.search_parameters(resource_type)
-        ]
+        params = []
+        for p in supported_parameters(resource_type):
+            entry = {"name": p.code, "definition": p.definition, "type": p.type}
+            if p.documentation:
+                entry["documentation"] = p.documentation
+            params.append(entry)
         resources.append(
             {
                 "type": resource_type,
@@ -45,6 +48,8 @@ def _resources() -> list[dict[str, Any]]:
                 "conditionalUpdate": True,
                 "conditionalDelete": "single",
                 "searchParam": params,
+                "searchInclude": ["*"],
+                "searchRevInclude": ["*"],
             }
         )
     return resources
@@ -66,6 +71,12 @@ def capability_statement(base: str) -> dict[str, Any]:
             {
                 "mode": "server",
                 "resource": _resources(),
+                "operation": [
+                    {
+                        "name": "everything",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                    }
+                ],
                 "interaction": [
                     {"code": "transaction"},
                     {"code": "batch"},

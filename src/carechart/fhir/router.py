@@ -7,6 +7,7 @@ the answer. Rules live in the store and the bundle processor.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -36,7 +37,13 @@ from carechart.fhir.http import (
 )
 from carechart.fhir.model import ID_PATTERN, TYPE_PATTERN, StoredVersion
 from carechart.fhir.outcome import information
-from carechart.fhir.search import blind_params, confirm_candidate, search
+from carechart.fhir.search import (
+    blind_params,
+    confirm_candidate,
+    includes,
+    parse_include_params,
+    search,
+)
 from carechart.fhir.store import CompartmentPage, HistoryPage, SqlResourceStore, everything_page
 from carechart.fhir.summary import Shaping, shaping_from
 
@@ -142,6 +149,64 @@ def _raw(version: StoredVersion) -> Any:
 
     assert version.body is not None
     return orjson.Fragment(version.body)
+
+
+# Blind-index matches are confirmed against the sealed bodies before paging, so pages and
+# totals are exact; this bounds how many candidates one search may confirm.
+MAX_CANDIDATES = 10_000
+
+
+@dataclass
+class SearchPage:
+    matches: list[StoredVersion]
+    total: int
+    unknown_params: list[str]
+    included: list[StoredVersion] = field(default_factory=list)
+
+
+def _confirmed_search(
+    store: SqlResourceStore,
+    resource_type: str,
+    query: list[tuple[str, str]],
+    count: int,
+    offset: int,
+    strict: bool,
+    compartment: str | None = None,
+) -> SearchPage:
+    """Search with blind-indexed parameters: take every candidate (in result order), keep
+    those whose unsealed body really matches, then page over the true matches."""
+    result = search(
+        store.conn,
+        store.keyring,
+        store.tenant,
+        resource_type,
+        [*query, ("_count", str(MAX_CANDIDATES)), ("_offset", "0")],
+        strict=strict,
+        patient_compartment=compartment,
+    )
+    if result.total > MAX_CANDIDATES:
+        raise BadRequest(
+            f"the search matches more than {MAX_CANDIDATES} candidates; narrow it down"
+        )
+    confirmed = [
+        v
+        for v in store.read_many(resource_type, result.ids)
+        if v.body is not None and confirm_candidate(resource_type, jsonio.loads(v.body), query)
+    ]
+    return SearchPage(confirmed[offset : offset + count], len(confirmed), result.unknown_params)
+
+
+def _read_pairs(store: SqlResourceStore, pairs: list[tuple[str, str]]) -> list[StoredVersion]:
+    """Current versions of (type, id) pairs, one query per type, in the given order."""
+    by_type: dict[str, list[str]] = {}
+    for resource_type, resource_id in pairs:
+        by_type.setdefault(resource_type, []).append(resource_id)
+    found = {
+        (v.resource_type, v.id): v
+        for resource_type, ids in by_type.items()
+        for v in store.read_many(resource_type, ids)
+    }
+    return [found[p] for p in pairs if p in found]
 
 
 def definitions_known(resource_type: str) -> bool:
@@ -358,7 +423,10 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         return await _search(request, resource_type, params)
 
     async def _search(
-        request: Request, resource_type: str, params: list[tuple[str, str]]
+        request: Request,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        compartment: str | None = None,
     ) -> Response:
         settings = _ctx(request).settings
         strict = prefer_strict(request)
@@ -387,37 +455,52 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         if shaping.summary == "count":
             count = 0
 
-        def work(store: SqlResourceStore) -> tuple[Any, list[StoredVersion]]:
-            store.check_type(resource_type)
-            result = search(
-                store.conn,
-                store.keyring,
-                store.tenant,
-                resource_type,
-                [*query, ("_count", str(count)), ("_offset", str(offset))],
-                strict=strict,
-            )
-            versions = store.read_many(resource_type, result.ids)
-            if blind_params(resource_type, query):
-                # Blind indexes answer with candidates; only true matches are served.
-                versions = [
-                    v
-                    for v in versions
-                    if v.body is not None
-                    and confirm_candidate(resource_type, jsonio.loads(v.body), query)
-                ]
-            return result, versions
+        include_specs, revinclude_specs = parse_include_params(query)
 
-        result, versions = await _in_store(request, False, work)
-        bundle = _searchset(request, result, versions, count, offset, shaping)
+        def work(store: SqlResourceStore) -> SearchPage:
+            store.check_type(resource_type)
+            if compartment is not None:
+                store.read("Patient", compartment)  # 404/410 for an unknown or deleted patient
+            if blind_params(resource_type, query):
+                page = _confirmed_search(
+                    store, resource_type, query, count, offset, strict, compartment
+                )
+            else:
+                result = search(
+                    store.conn,
+                    store.keyring,
+                    store.tenant,
+                    resource_type,
+                    [*query, ("_count", str(count)), ("_offset", str(offset))],
+                    strict=strict,
+                    patient_compartment=compartment,
+                )
+                page = SearchPage(
+                    store.read_many(resource_type, result.ids), result.total, result.unknown_params
+                )
+            if include_specs or revinclude_specs:
+                found = includes(
+                    store.conn,
+                    store.keyring,
+                    store.tenant,
+                    resource_type,
+                    [v.id for v in page.matches],
+                    include_specs,
+                    revinclude_specs,
+                    max_results=settings.max_page_size,
+                )
+                page.included.extend(_read_pairs(store, found))
+            return page
+
+        page = await _in_store(request, False, work)
+        bundle = _searchset(request, page, count, offset, shaping)
         if total_mode == "none" and shaping.summary != "count":
             bundle.pop("total", None)
         return fhir_response(bundle, pretty=is_pretty(request))
 
     def _searchset(
         request: Request,
-        result: Any,
-        versions: list[StoredVersion],
+        page: SearchPage,
         count: int,
         offset: int,
         shaping: Shaping,
@@ -434,7 +517,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             return page_url + "?" + "&".join(f"{k}={_quote(v)}" for k, v in items)
 
         links = [{"relation": "self", "url": link(offset)}]
-        if count and offset + count < result.total:
+        if count and offset + count < page.total:
             links.append({"relation": "next", "url": link(offset + count)})
         if count and offset > 0:
             links.append({"relation": "previous", "url": link(max(0, offset - count))})
@@ -442,15 +525,16 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             {
                 "fullUrl": f"{base}/{v.resource_type}/{v.id}",
                 "resource": _shaped(v, shaping),
-                "search": {"mode": "match"},
+                "search": {"mode": mode},
             }
-            for v in versions
+            for mode, group in (("match", page.matches), ("include", page.included))
+            for v in group
         ]
-        if result.unknown_params:
+        if page.unknown_params:
             entries.append(
                 {
                     "resource": information(
-                        "parameters not supported and ignored: " + ", ".join(result.unknown_params)
+                        "parameters not supported and ignored: " + ", ".join(page.unknown_params)
                     ),
                     "search": {"mode": "outcome"},
                 }
@@ -458,7 +542,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         return {
             "resourceType": "Bundle",
             "type": "searchset",
-            "total": result.total,
+            "total": page.total,
             "link": links,
             "entry": entries,
         }
@@ -567,6 +651,21 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             ),
         )
         return fhir_response(_history_bundle(request, page), pretty=is_pretty(request))
+
+    # After instance history, which also has three segments.
+    @router.get("/Patient/{patient_id}/{resource_type}", summary="Patient compartment search")
+    async def compartment_search(request: Request, patient_id: str, resource_type: str) -> Response:
+        negotiate(request)
+        _check_id_syntax("Patient", patient_id)
+        _check_type_syntax(resource_type)
+        if (
+            resource_type != "Patient"
+            and resource_type not in load_definitions().patient_compartment
+        ):
+            raise BadRequest(f"{resource_type} is not in the Patient compartment")
+        return await _search(
+            request, resource_type, list(request.query_params.multi_items()), compartment=patient_id
+        )
 
     @router.get("/" + TYPE_PATH + "/{resource_id}/_history/{version_id}", summary="vread")
     async def vread(

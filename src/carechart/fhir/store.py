@@ -38,6 +38,7 @@ from carechart.errors import (
 from carechart.fhir.definitions import load_definitions
 from carechart.fhir.model import ID_PATTERN, StoredVersion, WriteResult, as_utc, format_instant
 from carechart.fhir.search import (
+    blind_bits,
     blind_params,
     compartment_patients,
     confirm_candidate,
@@ -123,6 +124,7 @@ class SqlResourceStore:
             resource_compartment: [],
         }
         self._pending_count = 0
+        self._bits: dict[str, dict[str, int]] = {}
 
     # --- checks -----------------------------------------------------------------------
 
@@ -211,7 +213,12 @@ class SqlResourceStore:
                 self._compartment_rows(resource_type, resource_id, patients)
             )
             for table, rows in index_rows(
-                self.keyring, self.tenant, resource_type, resource_id, stored
+                self.keyring,
+                self.tenant,
+                resource_type,
+                resource_id,
+                stored,
+                blind_bits=self._blind_bits_of(resource_type),
             ).items():
                 self._pending.setdefault(table, []).extend(rows)
             self._pending_count += 1
@@ -282,6 +289,14 @@ class SqlResourceStore:
             }
             for patient in dict.fromkeys(patients)
         ]
+
+    def _blind_bits_of(self, resource_type: str) -> dict[str, int]:
+        """Blind-index widths recorded for the type, read once per unit of work."""
+        bits = self._bits.get(resource_type)
+        if bits is None:
+            bits = blind_bits(self.conn, self.tenant, resource_type)
+            self._bits[resource_type] = bits
+        return bits
 
     def flush(self) -> None:
         """Write the batched rows of new resources (one multi-row INSERT per table).

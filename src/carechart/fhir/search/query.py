@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from carechart.crypto.keys import KeyRing
-from carechart.db.schema import resource
+from carechart.db.schema import resource, resource_compartment
 from carechart.db.search_schema import INDEX_TABLES, search_blind, search_reference
 from carechart.errors import BadRequest
 from carechart.fhir.definitions import load_definitions
@@ -170,8 +170,10 @@ def search(
     params: list[tuple[str, str]],
     *,
     strict: bool = False,
+    patient_compartment: str | None = None,
 ) -> SearchResult:
-    """Run a type-level search. ``strict`` (Prefer: handling=strict, §3.1.1.2) turns
+    """Run a type-level search, or a compartment search (search.html#3.1.1.6.1) within the
+    Patient compartment of ``patient_compartment`` when given. ``strict`` (Prefer: handling=strict, §3.1.1.2) turns
     unknown or unsupported parameters into :class:`BadRequest` instead of reporting them.
 
     :data:`CONTROL_PARAMS` (``_include``, ``_revinclude``, ``_summary``, ``_elements``,
@@ -185,6 +187,18 @@ def search(
         r.resource_type == resource_type,
         r.deleted == sa.false(),
     ]
+    if patient_compartment is not None:
+        c = resource_compartment.c
+        where.append(
+            sa.select(c.resource_id)
+            .where(
+                c.tenant_id == tenant,
+                c.patient_id == patient_compartment,
+                c.resource_type == r.resource_type,
+                c.resource_id == r.id,
+            )
+            .exists()
+        )
     unknown: list[str] = []
     count: int | None = None
     offset = 0
