@@ -16,6 +16,8 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+search_app = typer.Typer(help="Search index maintenance.", no_args_is_help=True)
+app.add_typer(search_app, name="search")
 console = Console(stderr=True)
 
 
@@ -73,6 +75,76 @@ def db_upgrade() -> None:
     engine = make_engine(get_settings().effective_database_url)
     upgrade(engine)
     console.print("database schema is up to date")
+
+
+def _tenants(ctx: object, tenant: str | None, all_tenants: bool) -> list[str]:
+    from carechart.context import AppContext
+
+    assert isinstance(ctx, AppContext)
+    if all_tenants:
+        with ctx.store(write=False) as store:
+            return store.tenants()
+    return [tenant or ctx.settings.default_tenant]
+
+
+@search_app.command("reindex")
+def search_reindex(
+    resource_type: Annotated[str | None, typer.Option("--type", help="Only this type.")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="Tenant (default: the default tenant).")
+    ] = None,
+    all_tenants: Annotated[bool, typer.Option("--all-tenants", help="Every tenant.")] = False,
+) -> None:
+    """Rebuild search indexes from the stored resources (after definitions or keys change)."""
+    from rich.progress import Progress, TaskID
+
+    from carechart.context import AppContext
+    from carechart.db.migrate import upgrade
+    from carechart.fhir.maintenance import reindex
+
+    ctx = AppContext.from_settings(get_settings())
+    upgrade(ctx.engine)
+    if resource_type is not None and not _known_type(resource_type):
+        console.print(f"[red]{resource_type} is not a resource type")
+        raise typer.Exit(code=2)
+    for name in _tenants(ctx, tenant, all_tenants):
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"re-indexing {name}", total=None)
+
+            def advance(count: int, task: TaskID = task, bar: Progress = bar) -> None:
+                bar.advance(task, count)
+
+            done = reindex(ctx, name, resource_type, progress=advance)
+        console.print(f"tenant {name}: re-indexed {done} resources")
+
+
+@search_app.command("resize-blind-indexes")
+def search_resize(
+    tenant: Annotated[
+        str | None, typer.Option(help="Tenant (default: the default tenant).")
+    ] = None,
+    all_tenants: Annotated[bool, typer.Option("--all-tenants", help="Every tenant.")] = False,
+) -> None:
+    """Size blind indexes from row counts so no token singles out one row."""
+    from carechart.context import AppContext
+    from carechart.db.migrate import upgrade
+    from carechart.fhir.maintenance import resize_blind_indexes
+
+    ctx = AppContext.from_settings(get_settings())
+    upgrade(ctx.engine)
+    for name in _tenants(ctx, tenant, all_tenants):
+        for change in resize_blind_indexes(ctx, name):
+            action = "re-indexed" if change.reindexed else "narrowed"
+            console.print(
+                f"tenant {name}: {change.resource_type}.{change.code} {change.rows} rows: "
+                f"{change.old_bits} -> {change.new_bits} bits ({action})"
+            )
+
+
+def _known_type(resource_type: str) -> bool:
+    from carechart.fhir.definitions import load_definitions
+
+    return load_definitions().is_resource_type(resource_type)
 
 
 def main() -> None:

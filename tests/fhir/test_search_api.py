@@ -274,3 +274,36 @@ def test_capability_statement_lists_only_supported_search_parameters(client: Tes
     assert {"family", "identifier", "birthdate"} <= {
         p["name"] for p in patient_entry["searchParam"]
     }
+
+
+def test_paging_links_survive_concurrent_writes(client: TestClient) -> None:
+    pid = make_patient(client, "Frozen")
+    created = [post(client, observation(pid, "2823-3", 4.0 + i)) for i in range(5)]
+    first = client.get(
+        "/fhir/Observation", params={"subject": f"Patient/{pid}", "_count": "2"}
+    ).json()
+    seen = [e["resource"]["id"] for e in first["entry"]]
+    # Meanwhile: a new match appears and a match on a later page is updated (which moves it
+    # to the end of the default last-updated order of a live query).
+    post(client, observation(pid, "2823-3", 9.9))
+    later = next(i for i in created if i not in seen)
+    changed = observation(pid, "2823-3", 7.7)
+    changed["id"] = later
+    assert (
+        client.put(
+            f"/fhir/Observation/{later}", content=json.dumps(changed), headers=FHIR
+        ).status_code
+        == 200
+    )
+    url: str | None = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    while url:
+        page = client.get(url).json()
+        assert page["total"] == 5
+        seen += [e["resource"]["id"] for e in page["entry"]]
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+    assert sorted(seen) == sorted(created)
+
+
+def test_unknown_paging_snapshot_is_410(client: TestClient) -> None:
+    response = client.get("/fhir/Observation", params={"_snapshot": "0" * 36, "_offset": "2"})
+    assert response.status_code == 410

@@ -85,3 +85,18 @@ tenant_key = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("active", sa.Boolean, nullable=False),
 )
+
+# Search result snapshots for paging (search.html#3.1.1.6: paging links stay valid while
+# resources change). Holds ids only, never content; expires after an hour.
+search_snapshot = sa.Table(
+    "search_snapshot",
+    metadata,
+    sa.Column("tenant_id", TENANT, primary_key=True),
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("resource_type", RTYPE, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("total", sa.Integer, nullable=False),
+    # Matching ids in result order, comma-separated (FHIR ids never contain commas).
+    sa.Column("ids", sa.Text, nullable=False),
+    sa.Index(None, "created_at"),
+)

@@ -162,6 +162,8 @@ class SearchPage:
     total: int
     unknown_params: list[str]
     included: list[StoredVersion] = field(default_factory=list)
+    # When more pages follow: the whole match list, to freeze for the paging links.
+    snapshot_ids: list[str] | None = None
 
 
 def _confirmed_search(
@@ -193,7 +195,10 @@ def _confirmed_search(
         for v in store.read_many(resource_type, result.ids)
         if v.body is not None and confirm_candidate(resource_type, jsonio.loads(v.body), query)
     ]
-    return SearchPage(confirmed[offset : offset + count], len(confirmed), result.unknown_params)
+    page = SearchPage(confirmed[offset : offset + count], len(confirmed), result.unknown_params)
+    if offset == 0 and 0 < count < len(confirmed):
+        page.snapshot_ids = [v.id for v in confirmed]
+    return page
 
 
 def _read_pairs(store: SqlResourceStore, pairs: list[tuple[str, str]]) -> list[StoredVersion]:
@@ -433,6 +438,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         count = settings.default_page_size
         offset = 0
         total_mode = "accurate"
+        snapshot: str | None = None
         query: list[tuple[str, str]] = []
         for name, value in params:
             if name in ("_format", "_pretty", "_summary", "_elements"):
@@ -445,6 +451,10 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
                 if not value.isdigit():
                     raise BadRequest(f"_offset={value!r} must be a non-negative integer")
                 offset = int(value)
+            elif name == "_snapshot":
+                if not ID_PATTERN.fullmatch(value):
+                    raise BadRequest("_snapshot is not a paging link this server issued")
+                snapshot = value
             elif name == "_total":
                 if value not in ("none", "estimate", "accurate"):
                     raise BadRequest(f"_total={value!r} is not one of none, estimate, accurate")
@@ -457,27 +467,44 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
 
         include_specs, revinclude_specs = parse_include_params(query)
 
+        def run_search(store: SqlResourceStore, page_count: int, page_offset: int) -> Any:
+            return search(
+                store.conn,
+                store.keyring,
+                store.tenant,
+                resource_type,
+                [*query, ("_count", str(page_count)), ("_offset", str(page_offset))],
+                strict=strict,
+                patient_compartment=compartment,
+            )
+
         def work(store: SqlResourceStore) -> SearchPage:
             store.check_type(resource_type)
             if compartment is not None:
                 store.read("Patient", compartment)  # 404/410 for an unknown or deleted patient
-            if blind_params(resource_type, query):
+            if snapshot is not None:
+                ids, total = store.load_snapshot(resource_type, snapshot)
+                if offset < len(ids) or total <= len(ids):
+                    page = SearchPage(
+                        store.read_many(resource_type, ids[offset : offset + count]), total, []
+                    )
+                else:  # past what the snapshot kept: the live result, unfrozen
+                    result = run_search(store, count, offset)
+                    page = SearchPage(
+                        store.read_many(resource_type, result.ids), total, result.unknown_params
+                    )
+            elif blind_params(resource_type, query):
                 page = _confirmed_search(
                     store, resource_type, query, count, offset, strict, compartment
                 )
             else:
-                result = search(
-                    store.conn,
-                    store.keyring,
-                    store.tenant,
-                    resource_type,
-                    [*query, ("_count", str(count)), ("_offset", str(offset))],
-                    strict=strict,
-                    patient_compartment=compartment,
-                )
+                result = run_search(store, count, offset)
                 page = SearchPage(
                     store.read_many(resource_type, result.ids), result.total, result.unknown_params
                 )
+                if offset == 0 and 0 < count < result.total:
+                    # More pages follow: freeze the match list so they stay consistent.
+                    page.snapshot_ids = run_search(store, MAX_CANDIDATES, 0).ids
             if include_specs or revinclude_specs:
                 found = includes(
                     store.conn,
@@ -493,7 +520,12 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             return page
 
         page = await _in_store(request, False, work)
-        bundle = _searchset(request, page, count, offset, shaping)
+        if page.snapshot_ids is not None:
+            ids = page.snapshot_ids
+            snapshot = await _in_store(
+                request, True, lambda s: s.save_snapshot(resource_type, ids, page.total)
+            )
+        bundle = _searchset(request, page, count, offset, shaping, snapshot)
         if total_mode == "none" and shaping.summary != "count":
             bundle.pop("total", None)
         return fhir_response(bundle, pretty=is_pretty(request))
@@ -504,16 +536,20 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         count: int,
         offset: int,
         shaping: Shaping,
+        snapshot: str | None,
     ) -> dict[str, Any]:
         """A searchset Bundle (http://hl7.org/fhir/R4/bundle.html#searchset) with paging links."""
         base = base_url(request)
         page_url = str(request.url).split("?", 1)[0]
         kept = [
-            (k, v) for k, v in request.query_params.multi_items() if k not in ("_offset", "_count")
+            (k, v)
+            for k, v in request.query_params.multi_items()
+            if k not in ("_offset", "_count", "_snapshot")
         ]
+        frozen = [("_snapshot", snapshot)] if snapshot else []
 
         def link(new_offset: int) -> str:
-            items = [*kept, ("_count", str(count)), ("_offset", str(new_offset))]
+            items = [*kept, *frozen, ("_count", str(count)), ("_offset", str(new_offset))]
             return page_url + "?" + "&".join(f"{k}={_quote(v)}" for k, v in items)
 
         links = [{"relation": "self", "url": link(offset)}]

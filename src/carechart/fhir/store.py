@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
@@ -25,7 +25,12 @@ from carechart import jsonio
 from carechart.crypto.aead import open_sealed, resource_ad, seal
 from carechart.crypto.keys import KeyRing
 from carechart.db.engine import bulk_insert
-from carechart.db.schema import resource, resource_compartment, resource_history
+from carechart.db.schema import (
+    resource,
+    resource_compartment,
+    resource_history,
+    search_snapshot,
+)
 from carechart.errors import (
     BadRequest,
     Conflict,
@@ -47,6 +52,8 @@ from carechart.fhir.search import (
     search_ids_for_condition,
 )
 from carechart.fhir.validation import validate_resource
+
+SNAPSHOT_LIFETIME = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,6 +509,98 @@ class SqlResourceStore:
         for match in matches:
             self.delete(resource_type, match)
         return len(matches)
+
+    # --- maintenance ------------------------------------------------------------------
+
+    def reindex_batch(
+        self, resource_type: str | None, after: tuple[str, str] | None, batch: int
+    ) -> tuple[int, tuple[str, str] | None]:
+        """Rebuild the search index and compartment rows of up to ``batch`` current resources
+        after ``after`` (type, id); returns how many and where to resume (None when done)."""
+        self.flush()
+        r = resource.c
+        conditions: list[Any] = [r.tenant_id == self.tenant, r.deleted.is_(False)]
+        if resource_type is not None:
+            conditions.append(r.resource_type == resource_type)
+        if after is not None:
+            conditions.append(sa.tuple_(r.resource_type, r.id) > sa.tuple_(*after))
+        rows = self.conn.execute(
+            sa.select(r.resource_type, r.id, r.version_id, r.key_version, r.body)
+            .where(*conditions)
+            .order_by(r.resource_type, r.id)
+            .limit(batch)
+        ).all()
+        for row in rows:
+            body = jsonio.loads(
+                self.open_body(
+                    row.resource_type, row.id, row.version_id, row.key_version, row.body
+                ),
+                max_depth=1_000,
+            )
+            patients = compartment_patients(body)
+            self.conn.execute(
+                resource.update()
+                .where(
+                    r.tenant_id == self.tenant, r.resource_type == row.resource_type, r.id == row.id
+                )
+                .values(patient_id=patients[0] if patients else None)
+            )
+            self.conn.execute(
+                resource_compartment.delete().where(
+                    resource_compartment.c.tenant_id == self.tenant,
+                    resource_compartment.c.resource_type == row.resource_type,
+                    resource_compartment.c.resource_id == row.id,
+                )
+            )
+            compartment = self._compartment_rows(row.resource_type, row.id, patients)
+            if compartment:
+                self.conn.execute(resource_compartment.insert(), compartment)
+            index_resource(self.conn, self.keyring, self.tenant, row.resource_type, row.id, body)
+        last = (rows[-1].resource_type, rows[-1].id) if len(rows) == batch else None
+        return len(rows), last
+
+    def tenants(self) -> list[str]:
+        return list(
+            self.conn.execute(
+                sa.select(resource.c.tenant_id).distinct().order_by(resource.c.tenant_id)
+            ).scalars()
+        )
+
+    # --- paging snapshots ---------------------------------------------------------------
+
+    def save_snapshot(self, resource_type: str, ids: Sequence[str], total: int) -> str:
+        """Keep a search's matching ids so its paging links survive concurrent writes."""
+        now = datetime.now(UTC)
+        self.conn.execute(
+            search_snapshot.delete().where(search_snapshot.c.created_at < now - SNAPSHOT_LIFETIME)
+        )
+        snapshot_id = str(uuid.uuid4())
+        self.conn.execute(
+            search_snapshot.insert().values(
+                tenant_id=self.tenant,
+                id=snapshot_id,
+                resource_type=resource_type,
+                created_at=now,
+                total=total,
+                ids=",".join(ids),
+            )
+        )
+        return snapshot_id
+
+    def load_snapshot(self, resource_type: str, snapshot_id: str) -> tuple[list[str], int]:
+        row = self.conn.execute(
+            sa.select(
+                search_snapshot.c.ids,
+                search_snapshot.c.total,
+                search_snapshot.c.created_at,
+                search_snapshot.c.resource_type,
+            ).where(search_snapshot.c.tenant_id == self.tenant, search_snapshot.c.id == snapshot_id)
+        ).first()
+        if row is None or row.resource_type != resource_type:
+            raise Gone("the paging link is unknown or has expired; repeat the search")
+        if as_utc(row.created_at) < datetime.now(UTC) - SNAPSHOT_LIFETIME:
+            raise Gone("the paging link has expired; repeat the search")
+        return ([i for i in row.ids.split(",") if i], row.total)
 
     # --- reads ------------------------------------------------------------------------
 

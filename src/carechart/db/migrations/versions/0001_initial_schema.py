@@ -329,6 +329,21 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "search_snapshot",
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("resource_type", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("total", sa.Integer(), nullable=False),
+        sa.Column("ids", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", "id", name=op.f("pk_search_snapshot")),
+    )
+    with op.batch_alter_table("search_snapshot", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_search_snapshot_created_at"), ["created_at"], unique=False
+        )
+
+    op.create_table(
         "search_string",
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("resource_type", sa.String(length=64), nullable=False),
@@ -493,6 +508,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_sstr_owner")
 
     op.drop_table("search_string")
+    with op.batch_alter_table("search_snapshot", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_search_snapshot_created_at"))
+
+    op.drop_table("search_snapshot")
     with op.batch_alter_table("search_reference", schema=None) as batch_op:
         batch_op.drop_index("ix_sref_value", postgresql_ops={})
         batch_op.drop_index("ix_sref_owner")
