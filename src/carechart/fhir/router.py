@@ -61,7 +61,7 @@ def _ctx(request: Request) -> AppContext:
 def base_url(request: Request) -> str:
     """The service base the request came in on (``/fhir`` or its alias ``/api/v1/fhir``)."""
     ctx = _ctx(request)
-    prefix = "/api/v1/fhir" if request.url.path.startswith("/api/v1/fhir") else "/fhir"
+    prefix = request.scope.get("carechart.fhir_base", "/fhir")
     root = ctx.settings.base_url or str(request.base_url).rstrip("/")
     return f"{root.rstrip('/')}{prefix}"
 

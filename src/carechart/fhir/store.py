@@ -55,6 +55,20 @@ from carechart.fhir.validation import validate_resource
 
 SNAPSHOT_LIFETIME = timedelta(hours=1)
 
+# Built once: a read is the hottest path, and building a SELECT costs more than running it.
+_CURRENT_ROW = sa.select(
+    resource.c.version_id,
+    resource.c.last_updated,
+    resource.c.deleted,
+    resource.c.key_version,
+    resource.c.body,
+).where(
+    resource.c.tenant_id == sa.bindparam("tenant"),
+    resource.c.resource_type == sa.bindparam("rtype"),
+    resource.c.id == sa.bindparam("rid"),
+)
+_CURRENT_ROW_FOR_UPDATE = _CURRENT_ROW.with_for_update()
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
@@ -322,20 +336,10 @@ class SqlResourceStore:
 
     def _current_row(self, resource_type: str, resource_id: str, *, lock: bool = False) -> Any:
         self.flush()
-        query = sa.select(
-            resource.c.version_id,
-            resource.c.last_updated,
-            resource.c.deleted,
-            resource.c.key_version,
-            resource.c.body,
-        ).where(
-            resource.c.tenant_id == self.tenant,
-            resource.c.resource_type == resource_type,
-            resource.c.id == resource_id,
-        )
-        if lock:
-            query = query.with_for_update()
-        return self.conn.execute(query).first()
+        statement = _CURRENT_ROW_FOR_UPDATE if lock else _CURRENT_ROW
+        return self.conn.execute(
+            statement, {"tenant": self.tenant, "rtype": resource_type, "rid": resource_id}
+        ).first()
 
     def create(
         self, resource_type: str, body: dict[str, Any], *, resource_id: str | None = None
