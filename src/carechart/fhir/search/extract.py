@@ -95,7 +95,35 @@ def _present_names(resource: dict[str, Any]) -> set[str]:
     return names
 
 
+#: FHIRPath that yields a value (a boolean) even when the elements it names are absent:
+#: ``Patient.deceased.exists() and Patient.deceased != false`` is ``false`` for a patient
+#: without ``deceased``, and ``deceased=false`` must find that patient.
+_BOOLEAN_RESULT = re.compile(r"\b(?:exists|empty|not)\(|\b(?:and|or|implies|xor)\b|=")
+
+
+def _outside_where(expression: str) -> str:
+    """``expression`` without the arguments of its ``where(...)`` calls (a criterion's
+    booleans filter the focus; they are not the result)."""
+    out: list[str] = []
+    depth = 0
+    i = 0
+    while i < len(expression):
+        if depth == 0 and expression.startswith("where(", i):
+            out.append("where(")
+            depth, i = 1, i + len("where(")
+            continue
+        ch = expression[i]
+        if depth:
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+        if not depth:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def _root_keys(expression: str, resource_type: str) -> tuple[str, ...] | None:
+    if _BOOLEAN_RESULT.search(_outside_where(expression)):
+        return None
     keys: list[str] = []
     for branch in split_union(expression):
         match = _BRANCH_ROOT.match(branch)
@@ -158,8 +186,9 @@ def composite_plans(resource_type: str) -> dict[str, CompositePlan]:
         if param.type != "composite" or not param.expression or not param.components:
             continue
         components: list[ComponentPlan] = []
-        for component in param.components:
-            target = by_url.get(component.definition)
+        listed = [by_url.get(c.definition) for c in param.components]
+        for component, listed_target in zip(param.components, listed, strict=True):
+            target = _component_target(component.expression, listed_target, listed)
             if (
                 target is None
                 or target.type not in INDEXED_TYPES
@@ -178,6 +207,28 @@ def composite_plans(resource_type: str) -> dict[str, CompositePlan]:
                 _root_keys(param.expression, resource_type),
             )
     return plans
+
+
+_SIMPLE_PATH = re.compile(r"[a-z][A-Za-z]*")
+
+
+def _component_target(
+    expression: str, listed: SearchParamDef | None, all_listed: list[SearchParamDef | None]
+) -> SearchParamDef | None:
+    """The definition that types a composite component. R4 lists some pairs crosswise
+    (DocumentReference-relationship gives ``code`` the reference ``relatesto`` and ``target``
+    the token ``relation``): a component whose expression is a plain element name takes the
+    listed definition whose own expression ends in that element, when exactly one does."""
+    if not _SIMPLE_PATH.fullmatch(expression):
+        return listed
+    ending = "." + expression
+    owning = [
+        d
+        for d in all_listed
+        if d is not None
+        and any(b.strip("() ").endswith(ending) for b in split_union(d.expression or ""))
+    ]
+    return owning[0] if len(owning) == 1 else listed
 
 
 Rows = dict[str, list[dict[str, Any]]]
@@ -293,7 +344,11 @@ def _tokens(value: Any) -> Iterator[_Token]:
                     yield from _tokens(coding)
             if isinstance(value.get("text"), str):
                 yield _Token(None, None, value["text"])
-        elif "code" in value or ("system" in value and "value" not in value):
+        elif (
+            "code" in value
+            or ("system" in value and "value" not in value)
+            or ("display" in value and "reference" not in value)  # a Coding of display alone
+        ):
             yield _Token(value.get("system"), value.get("code"), value.get("display"))
         elif "value" in value and value.get("system") in _CONTACT_SYSTEMS:
             # ContactPoint: the value is the token; its system (phone/email) is not a URI.
@@ -440,12 +495,19 @@ def reference_parts(ref: str) -> tuple[str | None, str | None, str | None]:
     return None, None, url
 
 
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
 def _reference_rows(nodes: list[Node]) -> Iterator[dict[str, Any]]:
     for value, _type in nodes:
         ref = value.get("reference") if isinstance(value, dict) else value
         if not isinstance(ref, str) or not ref or ref.startswith("#"):
             continue
         rtype, rid, url = reference_parts(ref)
+        if rid is None and url is None and _ID.fullmatch(ref):
+            # A bare id (a relative canonical like "library-fhir-helpers-predecessor"):
+            # the [id] form of a reference search (§3.1.1.5.6) names it.
+            rid = ref
         if rid is not None and len(rid) > 64:
             rid = None
         if rid is None and url is None:
@@ -500,6 +562,11 @@ def blind_keys_for_values(param_type: str, code: str, nodes: list[Node]) -> set[
                     for key in ("family", "given"):
                         part = value.get(key)
                         parts.extend(part if isinstance(part, list) else [part])
+                    if not any(isinstance(p, str) for p in parts) and isinstance(
+                        value.get("text"), str
+                    ):
+                        # A name given only as text: its words are the family and given names.
+                        parts = value["text"].split()
                 keys.update("s:" + soundex(p) for p in parts if isinstance(p, str) and soundex(p))
                 continue
             for part in _string_parts(value):
@@ -509,6 +576,8 @@ def blind_keys_for_values(param_type: str, code: str, nodes: list[Node]) -> set[
         elif param_type == "token":
             for tok in _tokens(value):
                 if tok.value is None:
+                    if tok.system:  # an Identifier with a system and no value: system|
+                        keys.add("s:" + tok.system)
                     continue
                 val = blind_token_value(code, tok.value)
                 keys.add("v:" + val)

@@ -35,6 +35,16 @@ PRIMITIVES = frozenset(
     }
 )  # fmt: skip
 _PRIMITIVE_BY_SUFFIX = {p[0].upper() + p[1:]: p for p in PRIMITIVES}
+#: The types a choice element may take (http://hl7.org/fhir/R4/datatypes.html#open): a key
+#: is ``name`` + one of these, or it is another element (``performerType`` is not a
+#: ``performer[x]``).
+_CHOICE_SUFFIXES = frozenset(_PRIMITIVE_BY_SUFFIX) | {
+    "Address", "Age", "Annotation", "Attachment", "CodeableConcept", "Coding", "ContactPoint",
+    "Count", "Distance", "Duration", "HumanName", "Identifier", "Money", "Period", "Quantity",
+    "Range", "Ratio", "Reference", "SampledData", "Signature", "Timing", "ContactDetail",
+    "Contributor", "DataRequirement", "Expression", "ParameterDefinition", "RelatedArtifact",
+    "TriggerDefinition", "UsageContext", "Dosage", "Meta",
+}  # fmt: skip
 #: Specialisations that ``is``/``as`` treat as their base type.
 _SUBTYPES = {
     "quantity": {"quantity", "age", "duration", "distance", "count", "simplequantity", "moneyquantity"},
@@ -96,7 +106,7 @@ def _children(value: Any, name: str) -> Iterable[Node]:
         return [(item, _resource_type(item)) for item in items]
     # A choice element (value[x]) appears as valueQuantity, valueString, ...
     for key, child in value.items():
-        if len(key) > len(name) and key.startswith(name) and key[len(name)].isupper():
+        if key.startswith(name) and key[len(name) :] in _CHOICE_SUFFIXES:
             suffix = key[len(name) :]
             node_type = _PRIMITIVE_BY_SUFFIX.get(suffix, suffix)
             items = child if isinstance(child, list) else [child]

@@ -532,7 +532,10 @@ def _range_predicate(
 ) -> Cond:
     """The prefixes of §3.1.1.5.1 over a stored inclusive range [c.low, c.high] and a search
     range [low, high] (dates: the precision's span; numbers: [low, high) and exact value)."""
-    within = sa.and_(c.low >= low, c.high < high if half_open else c.high <= high)
+    # A number finer than a double (66.899999999999991) has a range that collapses onto
+    # its value: then the upper bound is inclusive, or nothing could equal it.
+    open_top = half_open and high > exact
+    within = sa.and_(c.low >= low, c.high < high if open_top else c.high <= high)
     if prefix == "eq":
         return within
     if prefix == "ne":
