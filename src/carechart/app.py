@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -110,14 +112,23 @@ class FhirAliasMiddleware:
 
 def create_app(settings: Settings | None = None, ctx: AppContext | None = None) -> FastAPI:
     settings = settings or get_settings()
+    context = ctx or AppContext.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if context.fast_reader is not None:
+            await context.fast_reader.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Carechart",
         version=__version__,
         description="FHIR R4 electronic health records server.",
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.ctx = ctx or AppContext.from_settings(settings)
+    app.state.ctx = context
     app.include_router(auth_router)
     app.include_router(well_known_router)
     app.include_router(build_router(), prefix="/fhir")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
 from carechart.config import Settings
 from carechart.crypto.keys import KeyRing, load_master_key
 from carechart.db.engine import make_engine, unit_of_work
+from carechart.db.fast_read import PgFastReader
 from carechart.fhir.store import SqlResourceStore
 
 
@@ -19,6 +20,12 @@ class AppContext:
     settings: Settings
     engine: Engine
     keyring: KeyRing
+    # PostgreSQL only: reads by id on the event loop (see carechart.db.fast_read).
+    fast_reader: PgFastReader | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.fast_reader is None and self.engine.dialect.name == "postgresql":
+            self.fast_reader = PgFastReader(self.engine.url.render_as_string(hide_password=False))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppContext:

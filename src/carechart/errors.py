@@ -92,7 +92,13 @@ class EncryptionError(CarechartError):
 
 
 class Unavailable(CarechartError):
+    """A dependency (database, key source) is down: fail closed, ask the client to retry."""
+
     status, code, fhir_code = 503, "SERVICE_UNAVAILABLE", "transient"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"Retry-After": "5"})
+        super().__init__(message, **kwargs)
 
 
 @dataclass(slots=True)

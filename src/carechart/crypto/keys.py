@@ -116,6 +116,10 @@ class KeyRing:
                 raise EncryptionError("data key version is unknown")
         return key
 
+    def has_version(self, tenant: str, version: int) -> bool:
+        """Whether the key is already unwrapped in memory (no database needed)."""
+        return (tenant, version) in self._by_version
+
     def derived(self, tenant: str, purpose: str) -> bytes:
         """A subkey of the tenant's first data key: stable across data-key rotation, so
         blind indexes stay valid until they are deliberately re-keyed."""

@@ -44,7 +44,13 @@ from carechart.fhir.search import (
     parse_include_params,
     search,
 )
-from carechart.fhir.store import CompartmentPage, HistoryPage, SqlResourceStore, everything_page
+from carechart.fhir.store import (
+    CompartmentPage,
+    HistoryPage,
+    SqlResourceStore,
+    current_version,
+    everything_page,
+)
 from carechart.fhir.summary import Shaping, shaping_from
 
 T = TypeVar("T")
@@ -84,6 +90,21 @@ async def _in_store(request: Request, write: bool, work: Callable[[SqlResourceSt
             return work(store)
 
     return await run_in_threadpool(run)
+
+
+async def _read_current(request: Request, resource_type: str, resource_id: str) -> StoredVersion:
+    """read: on PostgreSQL one query on the event loop, else through the store."""
+    ctx = _ctx(request)
+    reader = ctx.fast_reader
+    if reader is None:
+        return await _in_store(request, False, lambda s: s.read(resource_type, resource_id))
+    if not load_definitions().is_resource_type(resource_type):
+        raise NotFound(f"resource type {resource_type!r} is not known")
+    tenant = ctx.settings.default_tenant
+    row = await reader.current(tenant, resource_type, resource_id)
+    if row is not None and not row.deleted and not ctx.keyring.has_version(tenant, row.key_version):
+        await run_in_threadpool(ctx.keyring.version, tenant, row.key_version)
+    return current_version(ctx.keyring, tenant, resource_type, resource_id, row)
 
 
 async def _json_body(request: Request) -> Any:
@@ -619,7 +640,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         _check_type_syntax(resource_type)
         _check_id_syntax(resource_type, resource_id)
         shaping = shaping_from(resource_type, list(request.query_params.multi_items()))
-        version = await _in_store(request, False, lambda s: s.read(resource_type, resource_id))
+        version = await _read_current(request, resource_type, resource_id)
         body: Any = version.body if shaping.whole else _shaped(version, shaping)
         return fhir_response(body, headers=version_headers(version), pretty=is_pretty(request))
 

@@ -102,6 +102,27 @@ class ResourceStore(Protocol):
     ) -> HistoryPage: ...
 
 
+def current_version(
+    keyring: KeyRing, tenant: str, resource_type: str, resource_id: str, row: Any
+) -> StoredVersion:
+    """read (http.html#read) from a current-row record (version_id, last_updated, deleted,
+    key_version, body): 404 unknown, 410 deleted, otherwise the unsealed body."""
+    if row is None:
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
+    if row.deleted:
+        raise Gone(f"{resource_type}/{resource_id} was deleted")
+    key = keyring.version(tenant, row.key_version)
+    ad = resource_ad(tenant, resource_type, resource_id, row.version_id)
+    return StoredVersion(
+        resource_type=resource_type,
+        id=resource_id,
+        version_id=row.version_id,
+        last_updated=as_utc(row.last_updated),
+        deleted=False,
+        body=open_sealed(key.key, row.body, ad),
+    )
+
+
 def parse_etag(value: str) -> int:
     """``W/"3"`` or ``"3"`` or ``3`` -> 3 (http.html#concurrency)."""
     text = value.strip()
@@ -611,19 +632,7 @@ class SqlResourceStore:
     def read(self, resource_type: str, resource_id: str) -> StoredVersion:
         self.check_type(resource_type)
         row = self._current_row(resource_type, resource_id)
-        if row is None:
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
-        if row.deleted:
-            raise Gone(f"{resource_type}/{resource_id} was deleted")
-        data = self.open_body(resource_type, resource_id, row.version_id, row.key_version, row.body)
-        return StoredVersion(
-            resource_type=resource_type,
-            id=resource_id,
-            version_id=row.version_id,
-            last_updated=as_utc(row.last_updated),
-            deleted=False,
-            body=data,
-        )
+        return current_version(self.keyring, self.tenant, resource_type, resource_id, row)
 
     def read_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredVersion]:
         """Current versions of ``ids`` in the given order; missing or deleted ones are skipped."""
