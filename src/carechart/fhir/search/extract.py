@@ -57,7 +57,9 @@ BLIND_PARAMS = frozenset(
 )  # fmt: skip
 #: Name/address prefixes are blind-indexed up to this many characters; a longer search
 #: prefix is looked up by its first PREFIX_MAX characters (a candidate, confirmed by body).
-PREFIX_MAX = 16
+#: Eight characters tell most names apart already; each extra length is another row per
+#: name part (the Patient index was 20 kB at 16), and the body confirms longer prefixes.
+PREFIX_MAX = 8
 #: Parameters answered from the resource table, not index rows.
 _NOT_INDEXED = frozenset({"_id"})
 _CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
