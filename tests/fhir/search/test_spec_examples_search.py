@@ -14,7 +14,6 @@ among the matches.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -78,13 +77,6 @@ UNSEARCHABLE = {
     "empty identifier": "an Identifier with neither system nor value (only use) identifies nothing",
     "no soundex": "Soundex is defined over Latin letters; a name in Han characters has no code",
 }
-
-
-@pytest.fixture
-def tenant() -> str:
-    """A fresh tenant whose data key the app creates under its own master key (the search
-    conftest's ``tenant`` pre-creates one under the search fixtures' master key)."""
-    return f"t-{uuid.uuid4().hex[:12]}"
 
 
 def _example_files(resource_type: str) -> list[Path]:
