@@ -109,3 +109,32 @@ def test_random_paths_never_cause_a_5xx(client: TestClient, path: str) -> None:
     for method in ("GET", "DELETE"):
         response = client.request(method, "/fhir/" + path)
         assert response.status_code < 500, (method, path, response.text)
+
+
+PARAM_NAMES = [
+    "name", "family", "birthdate", "identifier", "gender", "_id", "_lastUpdated", "_sort",
+    "_count", "_offset", "_include", "_revinclude", "_has:Observation:subject:code",
+    "general-practitioner:Practitioner.name", "subject:Patient.name", "code", "date",
+    "value-quantity", "code-value-quantity", "subject", "subject:identifier", "_summary",
+    "_elements", "_total", "_snapshot", "family:exact", "name:contains", "code:text",
+    "code:not", "date:missing", "_tag", "_profile", "identifier:of-type",
+]  # fmt: skip
+VALUE_ALPHABET = st.sampled_from("abcXYZ0129-_.:|$,\\/*?=&%+ eqgtlesaebap'\"<>")
+
+
+@QUIET
+@given(
+    resource_type=st.sampled_from(["Patient", "Observation"]),
+    params=st.lists(
+        st.tuples(st.sampled_from(PARAM_NAMES), st.text(VALUE_ALPHABET, max_size=30)), max_size=4
+    ),
+)
+def test_random_search_parameters_never_cause_a_5xx(
+    client: TestClient, resource_type: str, params: list[tuple[str, str]]
+) -> None:
+    response = client.get(f"/fhir/{resource_type}", params=params)
+    assert response.status_code in (200, 400, 404, 410), (params, response.text)
+    strict = client.get(
+        f"/fhir/{resource_type}", params=params, headers={"Prefer": "handling=strict"}
+    )
+    assert strict.status_code < 500, (params, strict.text)
