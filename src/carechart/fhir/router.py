@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+import orjson
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -56,7 +57,6 @@ from carechart.fhir.summary import Shaping, shaping_from
 T = TypeVar("T")
 
 TYPE_PATH = "{resource_type}"
-_RESERVED_HISTORY_PARAMS = {"_since", "_count", "_cursor", "_format", "_pretty", "_at", "_list"}
 
 
 def _ctx(request: Request) -> AppContext:
@@ -156,18 +156,8 @@ def _quote(value: str) -> str:
     return quote(value, safe="")
 
 
-class _RawJson:
-    """Marks an already-serialised resource so a Bundle embeds it without re-parsing."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
 def _raw(version: StoredVersion) -> Any:
-    import orjson
-
+    """The stored bytes, embedded in a Bundle as they are (no parse, no re-serialisation)."""
     assert version.body is not None
     return orjson.Fragment(version.body)
 
@@ -214,7 +204,7 @@ def _confirmed_search(
     confirmed = [
         v
         for v in store.read_many(resource_type, result.ids)
-        if v.body is not None and confirm_candidate(resource_type, jsonio.loads(v.body), query)
+        if v.body is not None and confirm_candidate(resource_type, orjson.loads(v.body), query)
     ]
     page = SearchPage(confirmed[offset : offset + count], len(confirmed), result.unknown_params)
     if offset == 0 and 0 < count < len(confirmed):

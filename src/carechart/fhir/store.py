@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import jsonpatch
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -405,7 +406,7 @@ class SqlResourceStore:
                 version.id
                 for version in self.read_many(resource_type, ids)
                 if version.body is not None
-                and confirm_candidate(resource_type, jsonio.loads(version.body), params)
+                and confirm_candidate(resource_type, orjson.loads(version.body), params)
             ]
         return ids
 
