@@ -67,6 +67,7 @@ def _index_table(
     short: str,
     *columns: sa.Column[Any],
     value_index: tuple[str, ...],
+    trailing: tuple[str, ...] = (),
     pattern_column: str | None = None,
     grouped: bool = True,
 ) -> sa.Table:
@@ -89,6 +90,8 @@ def _index_table(
             "code",
             *value_index,
             "resource_id",
+            # Columns only filtered on, after resource_id so joins on the id stay ordered.
+            *trailing,
             # PostgreSQL uses a btree for LIKE 'prefix%' only with pattern ops (any collation).
             postgresql_ops={pattern_column: "text_pattern_ops"} if pattern_column else {},
         ),
@@ -117,7 +120,10 @@ search_token = _index_table(
     # Identifier.type coding, for :of-type.
     sa.Column("type_system", URI, nullable=True),
     sa.Column("type_code", TEXT, nullable=True),
-    value_index=("value", "system"),
+    # Most token searches give a code without a system (code=8867-4): the resource id must
+    # follow the value directly for chains and joins to walk the index in id order.
+    value_index=("value",),
+    trailing=("system",),
 )
 
 search_date = _index_table(

@@ -212,6 +212,24 @@ def _confirmed_search(
     return page
 
 
+def _confirmed(
+    store: SqlResourceStore, resource_type: str, ids: list[str], query: list[tuple[str, str]]
+) -> list[StoredVersion]:
+    """Current versions of ``ids``; for blind-indexed criteria only the true matches.
+
+    Blind tokens are candidates: at the default 32 bits a false one is about one lookup in
+    four thousand at a million distinct values, so pages are taken over candidates and a rare
+    false one makes a page one short; ``_total=accurate`` confirms every candidate first."""
+    versions = store.read_many(resource_type, ids)
+    if not blind_params(resource_type, query):
+        return versions
+    return [
+        v
+        for v in versions
+        if v.body is not None and confirm_candidate(resource_type, orjson.loads(v.body), query)
+    ]
+
+
 def _read_pairs(store: SqlResourceStore, pairs: list[tuple[str, str]]) -> list[StoredVersion]:
     """Current versions of (type, id) pairs, one query per type, in the given order."""
     by_type: dict[str, list[str]] = {}
@@ -469,7 +487,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             elif name == "_total":
                 if value not in ("none", "estimate", "accurate"):
                     raise BadRequest(f"_total={value!r} is not one of none, estimate, accurate")
-                total_mode = value
+                total_mode = "accurate_requested" if value == "accurate" else value
             else:
                 query.append((name, value))
         shaping = shaping_from(resource_type, params)
@@ -497,25 +515,39 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
                 ids, total = store.load_snapshot(resource_type, snapshot)
                 if offset < len(ids) or total <= len(ids):
                     page = SearchPage(
-                        store.read_many(resource_type, ids[offset : offset + count]), total, []
+                        _confirmed(store, resource_type, ids[offset : offset + count], query),
+                        total,
+                        [],
                     )
                 else:  # past what the snapshot kept: the live result, unfrozen
                     result = run_search(store, count, offset)
                     page = SearchPage(
-                        store.read_many(resource_type, result.ids), total, result.unknown_params
+                        _confirmed(store, resource_type, result.ids, query),
+                        total,
+                        result.unknown_params,
                     )
-            elif blind_params(resource_type, query):
+            elif blind_params(resource_type, query) and total_mode == "accurate_requested":
                 page = _confirmed_search(
                     store, resource_type, query, count, offset, strict, compartment
                 )
+            elif offset == 0 and count > 0:
+                # First page: one pass fetches the match list (up to the snapshot cap), the
+                # page is its head, and the rest is frozen for the paging links.
+                result = run_search(store, MAX_CANDIDATES, 0)
+                page = SearchPage(
+                    _confirmed(store, resource_type, result.ids[:count], query),
+                    result.total,
+                    result.unknown_params,
+                )
+                if count < result.total:
+                    page.snapshot_ids = result.ids
             else:
                 result = run_search(store, count, offset)
                 page = SearchPage(
-                    store.read_many(resource_type, result.ids), result.total, result.unknown_params
+                    _confirmed(store, resource_type, result.ids, query),
+                    result.total,
+                    result.unknown_params,
                 )
-                if offset == 0 and 0 < count < result.total:
-                    # More pages follow: freeze the match list so they stay consistent.
-                    page.snapshot_ids = run_search(store, MAX_CANDIDATES, 0).ids
             if include_specs or revinclude_specs:
                 found = includes(
                     store.conn,

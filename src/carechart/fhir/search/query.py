@@ -222,15 +222,21 @@ def search(
             f"unknown or unsupported search parameter(s) for {resource_type}: " + ", ".join(unknown)
         )
     order = _order_by(ctx, plans, sort)
-    total = conn.execute(
-        sa.select(sa.func.count()).select_from(resource).where(*where)
-    ).scalar_one()
     ids: list[str] = []
-    if count != 0 and total > offset:
+    if count != 0:
         query = sa.select(r.id).where(*where).order_by(*order).offset(offset)
         if count is not None:
             query = query.limit(count)
         ids = list(conn.execute(query).scalars())
+    short_page = count is None or len(ids) < count
+    if short_page and (ids or offset == 0):
+        # The page came back short: it holds the last match, so the total is known
+        # without a second pass over the same rows.
+        total = offset + len(ids)
+    else:
+        total = conn.execute(
+            sa.select(sa.func.count()).select_from(resource).where(*where)
+        ).scalar_one()
     return SearchResult(ids=ids, total=total, unknown_params=unknown)
 
 

@@ -383,7 +383,7 @@ def upgrade() -> None:
         )
         batch_op.create_index(
             "ix_stok_value",
-            ["tenant_id", "resource_type", "code", "value", "system", "resource_id"],
+            ["tenant_id", "resource_type", "code", "value", "resource_id", "system"],
             unique=False,
             postgresql_ops={},
         )
