@@ -129,9 +129,9 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
         redoc_url=None,
     )
     app.state.ctx = context
+    app.include_router(build_router(), prefix="/fhir")
     app.include_router(auth_router)
     app.include_router(well_known_router)
-    app.include_router(build_router(), prefix="/fhir")
     app.add_middleware(NoStoreMiddleware)
     app.add_middleware(FhirAliasMiddleware)
 

@@ -407,6 +407,18 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         }
         return fhir_response(bundle, pretty=is_pretty(request))
 
+    # Read is the hottest route and matching is linear: it comes first after the routes
+    # whose literal segments it would otherwise swallow (_history, $everything).
+    @router.get("/" + TYPE_PATH + "/{resource_id}", summary="read")
+    async def read(request: Request, resource_type: str, resource_id: str) -> Response:
+        negotiate(request)
+        _check_type_syntax(resource_type)
+        _check_id_syntax(resource_type, resource_id)
+        shaping = shaping_from(resource_type, list(request.query_params.multi_items()))
+        version = await _read_current(request, resource_type, resource_id)
+        body: Any = version.body if shaping.whole else _shaped(version, shaping)
+        return fhir_response(body, headers=version_headers(version), pretty=is_pretty(request))
+
     @router.post("/" + TYPE_PATH, summary="create (If-None-Exist for conditional create)")
     async def create(request: Request, resource_type: str) -> Response:
         negotiate(request)
@@ -655,16 +667,6 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             request, True, lambda s: s.conditional_delete(resource_type, query)
         )
         return fhir_response(information(f"deleted {deleted} resource(s)"), status=200)
-
-    @router.get("/" + TYPE_PATH + "/{resource_id}", summary="read")
-    async def read(request: Request, resource_type: str, resource_id: str) -> Response:
-        negotiate(request)
-        _check_type_syntax(resource_type)
-        _check_id_syntax(resource_type, resource_id)
-        shaping = shaping_from(resource_type, list(request.query_params.multi_items()))
-        version = await _read_current(request, resource_type, resource_id)
-        body: Any = version.body if shaping.whole else _shaped(version, shaping)
-        return fhir_response(body, headers=version_headers(version), pretty=is_pretty(request))
 
     @router.put("/" + TYPE_PATH + "/{resource_id}", summary="update (create-on-update allowed)")
     async def update(request: Request, resource_type: str, resource_id: str) -> Response:
