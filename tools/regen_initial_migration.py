@@ -7,37 +7,25 @@ autogenerate against an empty SQLite database and re-adds what autogenerate cann
 
 from __future__ import annotations
 
+import pprint
 import re
 import tempfile
 from pathlib import Path
 
 from alembic import command
 
+from carechart.db.auth_schema import AUDIT_TRIGGER_SQL
 from carechart.db.engine import make_engine
 from carechart.db.migrate import MIGRATIONS, alembic_config
 
 TARGET = MIGRATIONS / "versions" / "0001_initial_schema.py"
-TRIGGERS = """
+TRIGGERS_HEADER = """
 # Append-only audit store (SECURITY C3). Written out here, not imported, so this migration
 # keeps meaning what it meant when it was written.
-AUDIT_TRIGGERS = {
-    "sqlite": (
-        "CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_event "
-        "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END",
-        "CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event "
-        "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END",
-    ),
-    "postgresql": (
-        "CREATE OR REPLACE FUNCTION audit_event_append_only() RETURNS trigger "
-        "LANGUAGE plpgsql AS $$ BEGIN "
-        "RAISE EXCEPTION 'audit_event is append-only' USING ERRCODE = 'insufficient_privilege'; "
-        "END; $$",
-        "CREATE TRIGGER audit_event_no_update_delete BEFORE UPDATE OR DELETE ON audit_event "
-        "FOR EACH ROW EXECUTE FUNCTION audit_event_append_only()",
-        "CREATE TRIGGER audit_event_no_truncate BEFORE TRUNCATE ON audit_event "
-        "FOR EACH STATEMENT EXECUTE FUNCTION audit_event_append_only()",
-    ),
-}
+"""
+# The statements come from carechart.db.auth_schema (the one definition); only the drops,
+# which the application never needs, live here.
+TRIGGER_DROPS = """
 AUDIT_TRIGGER_DROPS = {
     "sqlite": (
         "DROP TRIGGER IF EXISTS audit_event_no_update",
@@ -64,8 +52,15 @@ def main() -> None:
     text = TARGET.read_text()
     text = re.sub(r"^Create Date: .*\n", "", text, flags=re.M)
     text = re.sub(r"^Revises: $", "Revises:", text, flags=re.M)
+    triggers = (
+        TRIGGERS_HEADER
+        + "AUDIT_TRIGGERS = "
+        + pprint.pformat({k: list(v) for k, v in AUDIT_TRIGGER_SQL.items()}, width=96)
+        + "\n"
+        + TRIGGER_DROPS
+    )
     text = text.replace(
-        "\n\ndef upgrade() -> None:", "\n" + TRIGGERS + "\n\ndef upgrade() -> None:", 1
+        "\n\ndef upgrade() -> None:", "\n" + triggers + "\n\ndef upgrade() -> None:", 1
     )
     first_end = text.index(END)
     text = (

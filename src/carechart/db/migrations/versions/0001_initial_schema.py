@@ -20,23 +20,23 @@ depends_on: str | Sequence[str] | None = None
 # Append-only audit store (SECURITY C3). Written out here, not imported, so this migration
 # keeps meaning what it meant when it was written.
 AUDIT_TRIGGERS = {
-    "sqlite": (
-        "CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_event "
-        "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END",
-        "CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event "
-        "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END",
-    ),
-    "postgresql": (
-        "CREATE OR REPLACE FUNCTION audit_event_append_only() RETURNS trigger "
-        "LANGUAGE plpgsql AS $$ BEGIN "
-        "RAISE EXCEPTION 'audit_event is append-only' USING ERRCODE = 'insufficient_privilege'; "
-        "END; $$",
-        "CREATE TRIGGER audit_event_no_update_delete BEFORE UPDATE OR DELETE ON audit_event "
-        "FOR EACH ROW EXECUTE FUNCTION audit_event_append_only()",
-        "CREATE TRIGGER audit_event_no_truncate BEFORE TRUNCATE ON audit_event "
-        "FOR EACH STATEMENT EXECUTE FUNCTION audit_event_append_only()",
-    ),
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION audit_event_append_only() RETURNS trigger LANGUAGE "
+        "plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit_event is append-only' USING "
+        "ERRCODE = 'insufficient_privilege'; END; $$",
+        "CREATE TRIGGER audit_event_no_update_delete BEFORE UPDATE OR DELETE ON "
+        "audit_event FOR EACH ROW EXECUTE FUNCTION audit_event_append_only()",
+        "CREATE TRIGGER audit_event_no_truncate BEFORE TRUNCATE ON audit_event FOR "
+        "EACH STATEMENT EXECUTE FUNCTION audit_event_append_only()",
+    ],
+    "sqlite": [
+        "CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_event BEGIN SELECT "
+        "RAISE(ABORT, 'audit_event is append-only'); END",
+        "CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event BEGIN SELECT "
+        "RAISE(ABORT, 'audit_event is append-only'); END",
+    ],
 }
+
 AUDIT_TRIGGER_DROPS = {
     "sqlite": (
         "DROP TRIGGER IF EXISTS audit_event_no_update",
