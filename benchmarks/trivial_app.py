@@ -33,7 +33,9 @@ def main() -> None:
         runpy.run_path(stub, run_name="carechart_bench_stub")
 
     import uvicorn
+    from starlette.requests import Request
     from starlette.responses import Response
+    from starlette.routing import Route
 
     from carechart.app import create_app
     from carechart.config import get_settings
@@ -49,11 +51,14 @@ def main() -> None:
     ctx.keyring.active(settings.default_tenant)
     app = create_app(settings, ctx)
 
-    @app.get("/bench/trivial", include_in_schema=False)
-    async def trivial() -> Response:
+    async def trivial(_request: Request) -> Response:
         return Response(
             content=body, media_type="application/fhir+json; charset=utf-8", headers=headers
         )
+
+    # A plain route at the head of the route table: the stack's ceiling for a route, and at
+    # least as favourable a place as the FHIR read route's (which is a plain route too).
+    app.router.routes.insert(0, Route("/bench/trivial", trivial, methods=["GET"]))
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 

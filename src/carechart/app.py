@@ -22,7 +22,7 @@ from carechart.config import Settings, get_settings
 from carechart.context import AppContext
 from carechart.errors import CarechartError, Issue
 from carechart.fhir.outcome import operation_outcome
-from carechart.fhir.router import build_router
+from carechart.fhir.router import build_router, read_route
 
 log = logging.getLogger("carechart")
 
@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
         redoc_url=None,
     )
     app.state.ctx = context
+    app.router.routes.append(read_route())
     app.include_router(build_router(), prefix="/fhir")
     app.include_router(auth_router)
     app.include_router(well_known_router)

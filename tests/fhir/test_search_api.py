@@ -307,3 +307,14 @@ def test_paging_links_survive_concurrent_writes(client: TestClient) -> None:
 def test_unknown_paging_snapshot_is_410(client: TestClient) -> None:
     response = client.get("/fhir/Observation", params={"_snapshot": "0" * 36, "_offset": "2"})
     assert response.status_code == 410
+
+
+@pytest.mark.parametrize("params", [{"_tag": ","}, {"code": ","}, {"gender": ",,"}])
+def test_a_parameter_with_only_empty_values_is_400(
+    client: TestClient, params: dict[str, str]
+) -> None:
+    response = client.get(
+        "/fhir/Observation" if "code" in params else "/fhir/Patient", params=params
+    )
+    assert response.status_code == 400
+    assert "has no value" in response.json()["issue"][0]["diagnostics"]

@@ -15,8 +15,10 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from carechart import jsonio
 from carechart.context import AppContext
@@ -105,6 +107,55 @@ async def _read_current(request: Request, resource_type: str, resource_id: str) 
     if row is not None and not row.deleted and not ctx.keyring.has_version(tenant, row.key_version):
         await run_in_threadpool(ctx.keyring.version, tenant, row.key_version)
     return current_version(ctx.keyring, tenant, resource_type, resource_id, row)
+
+
+async def read_endpoint(request: Request) -> Response:
+    """read (http.html#read). Also mounted as a plain route ahead of the router
+    (:func:`read_route`): the hottest interaction skips the framework's parameter handling."""
+    resource_type: str = request.path_params["resource_type"]
+    resource_id: str = request.path_params["resource_id"]
+    negotiate(request)
+    _check_type_syntax(resource_type)
+    _check_id_syntax(resource_type, resource_id)
+    shaping = shaping_from(resource_type, list(request.query_params.multi_items()))
+    version = await _read_current(request, resource_type, resource_id)
+    body: Any = version.body if shaping.whole else _shaped(version, shaping)
+    return fhir_response(body, headers=version_headers(version), pretty=is_pretty(request))
+
+
+class _TypeConvertor(Convertor[str]):
+    regex = "[A-Z][A-Za-z]{0,63}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _IdConvertor(Convertor[str]):
+    # http://hl7.org/fhir/R4/datatypes.html#id: literal segments such as _history or
+    # $everything can never match, so the plain route cannot shadow them.
+    regex = "[A-Za-z0-9\\-.]{1,64}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("fhir_type", _TypeConvertor())
+register_url_convertor("fhir_id", _IdConvertor())
+
+
+def read_route(prefix: str = "/fhir") -> Route:
+    return Route(
+        prefix + "/{resource_type:fhir_type}/{resource_id:fhir_id}",
+        read_endpoint,
+        methods=["GET"],
+        include_in_schema=False,
+    )
 
 
 async def _json_body(request: Request) -> Any:
@@ -411,13 +462,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
     # whose literal segments it would otherwise swallow (_history, $everything).
     @router.get("/" + TYPE_PATH + "/{resource_id}", summary="read")
     async def read(request: Request, resource_type: str, resource_id: str) -> Response:
-        negotiate(request)
-        _check_type_syntax(resource_type)
-        _check_id_syntax(resource_type, resource_id)
-        shaping = shaping_from(resource_type, list(request.query_params.multi_items()))
-        version = await _read_current(request, resource_type, resource_id)
-        body: Any = version.body if shaping.whole else _shaped(version, shaping)
-        return fhir_response(body, headers=version_headers(version), pretty=is_pretty(request))
+        return await read_endpoint(request)
 
     @router.post("/" + TYPE_PATH, summary="create (If-None-Exist for conditional create)")
     async def create(request: Request, resource_type: str) -> Response:

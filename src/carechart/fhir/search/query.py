@@ -361,7 +361,7 @@ def _chain_condition(ctx: _Context, name: str, value: str) -> Cond:
         ref.c.tenant_id == ctx.tenant,
         ref.c.resource_type == ctx.resource_type,
         ref.c.code == code,
-        sa.or_(*branches),
+        sa.or_(sa.false(), *branches),
     )
     return ctx.r.c.id.in_(owners)  # type: ignore[no-any-return]
 
@@ -481,6 +481,8 @@ def _condition(ctx: _Context, plan: ParamPlan, name: str, modifier: str, value: 
             f"search parameter {name}: modifier :{modifier} is not supported on a {plan.type} parameter"
         )
     values = _or_values(value)
+    if not values:
+        raise BadRequest(f"search parameter {name} has no value")
     if plan.blind:
         keys = [key for v in values for key in blind_query_keys(plan, name, modifier, v)]
         subquery = _blind_lookup(ctx, plan.code, keys)
@@ -652,7 +654,7 @@ def _reference_condition(
         raise BadRequest(f"search parameter {name}: {modifier} is not a target type of {plan.code}")
     table = INDEX_TABLES["reference"].alias()
     preds = [_reference_predicate(table, name, modifier, raw) for raw in _or_values(value)]
-    return ctx.r.c.id.in_(_owned(ctx, table, plan.code, sa.or_(*preds)))  # type: ignore[no-any-return]
+    return ctx.r.c.id.in_(_owned(ctx, table, plan.code, sa.or_(sa.false(), *preds)))  # type: ignore[no-any-return]
 
 
 def _reference_predicate(table: sa.FromClause, name: str, modifier: str, raw: str) -> Cond:
