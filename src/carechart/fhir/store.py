@@ -202,6 +202,25 @@ class SqlResourceStore:
         ad = resource_ad(self.tenant, resource_type, resource_id, version)
         return key.version, seal(key.key, data, ad)
 
+    def version_from_row(
+        self, resource_type: str, resource_id: str, row: Any, *, deleted: bool = False
+    ) -> StoredVersion:
+        """A stored version from a row with version_id, last_updated, key_version, body
+        (and method, when the row has one); deleted versions carry no body."""
+        return StoredVersion(
+            resource_type=resource_type,
+            id=resource_id,
+            version_id=row.version_id,
+            last_updated=as_utc(row.last_updated),
+            deleted=deleted,
+            body=None
+            if deleted
+            else self.open_body(
+                resource_type, resource_id, row.version_id, row.key_version, row.body
+            ),
+            method=getattr(row, "method", "GET"),
+        )
+
     def open_body(
         self, resource_type: str, resource_id: str, version: int, key_version: int, sealed: bytes
     ) -> bytes:
@@ -654,19 +673,7 @@ class SqlResourceStore:
                 resource.c.deleted.is_(False),
             )
         ).all()
-        by_id = {
-            row.id: StoredVersion(
-                resource_type=resource_type,
-                id=row.id,
-                version_id=row.version_id,
-                last_updated=as_utc(row.last_updated),
-                deleted=False,
-                body=self.open_body(
-                    resource_type, row.id, row.version_id, row.key_version, row.body
-                ),
-            )
-            for row in rows
-        }
+        by_id = {row.id: self.version_from_row(resource_type, row.id, row) for row in rows}
         return [by_id[i] for i in ids if i in by_id]
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> StoredVersion:
@@ -693,17 +700,7 @@ class SqlResourceStore:
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id}")
         if row.deleted:
             raise Gone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
-        return StoredVersion(
-            resource_type=resource_type,
-            id=resource_id,
-            version_id=row.version_id,
-            last_updated=as_utc(row.last_updated),
-            deleted=False,
-            body=self.open_body(
-                resource_type, resource_id, row.version_id, row.key_version, row.body
-            ),
-            method=row.method,
-        )
+        return self.version_from_row(resource_type, resource_id, row)
 
     def history(
         self,
@@ -752,19 +749,7 @@ class SqlResourceStore:
         more = len(rows) > count
         rows = rows[:count]
         versions = [
-            StoredVersion(
-                resource_type=row.resource_type,
-                id=row.id,
-                version_id=row.version_id,
-                last_updated=as_utc(row.last_updated),
-                deleted=row.deleted,
-                body=None
-                if row.deleted
-                else self.open_body(
-                    row.resource_type, row.id, row.version_id, row.key_version, row.body
-                ),
-                method=row.method,
-            )
+            self.version_from_row(row.resource_type, row.id, row, deleted=row.deleted)
             for row in rows
         ]
         return HistoryPage(
@@ -822,18 +807,6 @@ def everything_page(
     ).all()
     more = len(rows) > count
     rows = rows[:count]
-    versions = [
-        StoredVersion(
-            resource_type=row.resource_type,
-            id=row.id,
-            version_id=row.version_id,
-            last_updated=as_utc(row.last_updated),
-            deleted=False,
-            body=store.open_body(
-                row.resource_type, row.id, row.version_id, row.key_version, row.body
-            ),
-        )
-        for row in rows
-    ]
+    versions = [store.version_from_row(row.resource_type, row.id, row) for row in rows]
     next_cursor = f"{rows[-1].resource_type}/{rows[-1].id}" if more and rows else None
     return CompartmentPage(versions=versions, next_cursor=next_cursor)
