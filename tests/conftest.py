@@ -25,7 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from fastapi import FastAPI  # noqa: E402
+
 from carechart.app import create_app  # noqa: E402
+from carechart.auth.config import AuthComponents, install  # noqa: E402
 from carechart.config import Settings  # noqa: E402
 from carechart.context import AppContext  # noqa: E402
 from carechart.crypto.keys import KeyRing, MasterKey  # noqa: E402
@@ -45,7 +48,10 @@ def postgres_url() -> str | None:
     admin_url = sa.make_url(os.environ.get("CARECHART_TEST_POSTGRES_URL", DEFAULT_PG))
     if admin_url.drivername == "postgresql":
         admin_url = admin_url.set(drivername="postgresql+psycopg")
-    name = f"carechart_test_{_worker()}"
+    # One database per worker of this run: concurrent runs on the same server (a developer's
+    # and a helper's) must not reset each other's schema.
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)[:8]
+    name = f"carechart_test_{run}_{_worker()}"
     try:
         admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
@@ -87,6 +93,20 @@ def engine(
     upgrade(eng)
     yield eng
     eng.dispose()
+    if request.param == "postgresql":
+        _drop_database(eng.url)
+
+
+def _drop_database(url: sa.URL) -> None:
+    admin = sa.create_engine(
+        url.set(
+            database=sa.make_url(os.environ.get("CARECHART_TEST_POSTGRES_URL", DEFAULT_PG)).database
+        ),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +126,11 @@ def settings(tmp_path: Path, tenant: str, master_key: MasterKey) -> Settings:
         default_tenant=tenant,
         master_key=base64.b64encode(master_key.key).decode(),
         max_body_bytes=5_000_000,
+        # Rate limits have their own tests (tests/ratelimit); elsewhere one test client makes
+        # more requests per minute than any person would.
+        rate_limit_per_ip=0,
+        rate_limit_per_user=0,
+        rate_limit_sensitive=0,
     )
 
 
@@ -115,8 +140,35 @@ def ctx(engine: Engine, settings: Settings, master_key: MasterKey) -> AppContext
 
 
 @pytest.fixture
-def client(ctx: AppContext) -> Iterator[TestClient]:
-    with TestClient(create_app(ctx.settings, ctx), raise_server_exceptions=False) as test_client:
+def auth_parts(master_key: MasterKey) -> AuthComponents:
+    """The identity service's parts with light password hashing and a movable clock."""
+    from tests.auth.identity import MovableClock, light_components
+
+    return light_components(master_key, MovableClock())
+
+
+@pytest.fixture
+def app(ctx: AppContext, auth_parts: AuthComponents) -> FastAPI:
+    application = create_app(ctx.settings, ctx)
+    install(application, auth_parts)
+    return application
+
+
+@pytest.fixture
+def anonymous(app: FastAPI) -> Iterator[TestClient]:
+    """A client without credentials."""
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def client(app: FastAPI, ctx: AppContext, auth_parts: AuthComponents) -> Iterator[TestClient]:
+    """A backend service with every ``system/`` scope: the storage and API tests' caller.
+    What narrower callers may do is the access tests' subject (tests/access)."""
+    from tests.access.personas import bearer, system_token
+
+    token = system_token(ctx, auth_parts)
+    with TestClient(app, raise_server_exceptions=False, headers=bearer(token)) as test_client:
         yield test_client
 
 

@@ -16,15 +16,17 @@ from carechart.db.engine import make_engine
 
 
 def test_unreachable_database_fails_closed_with_503(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, master_key=base64.b64encode(os.urandom(32)).decode())
+    master = os.urandom(32)
+    settings = Settings(data_dir=tmp_path, master_key=base64.b64encode(master).decode())
     engine = make_engine("postgresql+psycopg://root@127.0.0.1:1/nowhere?connect_timeout=2")
     ctx = AppContext(
         settings=settings,
         engine=engine,
-        keyring=KeyRing(MasterKey.from_bytes(os.urandom(32)), engine),
+        keyring=KeyRing(MasterKey.from_bytes(master), engine),
     )
     with TestClient(create_app(settings, ctx), raise_server_exceptions=False) as client:
-        response = client.get("/fhir/Patient/123")
+        # Verifying the token needs the database (keys, session) too: 503, not 401.
+        response = client.get("/fhir/Patient/123", headers={"Authorization": "Bearer a.b.c"})
         assert response.status_code == 503
         assert response.headers["retry-after"] == "5"
         assert response.json()["issue"][0]["code"] == "transient"

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,14 @@ def _commands() -> list[str]:
     return commands
 
 
+@dataclass(frozen=True)
+class Server:
+    base: str
+    env: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("serve")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARECHART_")}
@@ -67,7 +74,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 )
             time.sleep(0.2)
     try:
-        yield base
+        yield Server(base, env)
     finally:
         process.terminate()
         process.wait(timeout=20)
@@ -79,24 +86,41 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_readme_walkthrough_runs(server: str) -> None:
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
+def test_readme_walkthrough_runs(server: Server, tmp_path: Path) -> None:
+    """Each command runs in its own shell, as a reader pasting them would; exported variables
+    carry over (the state file), and the CLI sees the server's data directory."""
     commands = _commands()
     assert any("If-None-Exist" in c for c in commands)
-    port = server.rsplit(":", 1)[1]
+    port = server.base.rsplit(":", 1)[1]
+    state = tmp_path / "state.sh"
+    state.write_text("")
+    env = {**server.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     patient_id: str | None = None
     for command in commands:
         command = command.replace("localhost:8000", f"localhost:{port}")
         if patient_id:
             command = re.sub(r"\bID\b", patient_id, command)
+        assignment = re.match(r"export (\w+)=", command)
+        if assignment is None:
+            command = command.replace("curl -s", "curl -s -w '\\nHTTP %{http_code}\\n'", 1)
+        script = f"source {state}\n{command}\nexport -p > {state}\n"
         result = subprocess.run(
-            ["bash", "-c", command.replace("curl -s", "curl -s -w '\\nHTTP %{http_code}\\n'", 1)],
+            ["bash", "-c", script],
             cwd=ROOT,
+            env=env,
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         )
         output = result.stdout
+        if assignment is not None:
+            name = assignment.group(1)
+            value = re.search(rf"^declare -x {name}=\"(.*)\"$", state.read_text(), re.M)
+            assert value is not None, f"{command}\n{result.stderr}"
+            assert value.group(1) not in ("", "null"), f"{command}\n{result.stderr}"
+            continue
         if "| head" in command:
             assert output.strip(), command
             continue

@@ -9,6 +9,7 @@ This runs at install/generate time only (``make fhir-package``), never at run ti
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -37,8 +38,17 @@ def sha256_of(path: Path) -> str:
 
 
 def ensure_package(cache_dir: Path = DEFAULT_CACHE) -> Path:
-    """Return the directory holding the extracted package files (``.../package``)."""
+    """Return the directory holding the extracted package files (``.../package``).
+
+    Test workers call this at once: an exclusive lock on the cache makes one of them fetch
+    and extract while the others wait, instead of deleting each other's files."""
     cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_package(cache_dir)
+
+
+def _ensure_package(cache_dir: Path) -> Path:
     extracted = cache_dir / f"{PACKAGE}-{VERSION}" / "package"
     marker = extracted.parent / ".verified"
     if marker.exists() and marker.read_text() == SHA256:

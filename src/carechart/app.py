@@ -16,6 +16,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carechart import __version__, jsonio
+from carechart.access.endpoints import router as access_router
+from carechart.audit.endpoints import router as audit_router
+from carechart.audit.fhir import fhir_router as audit_fhir_router
 from carechart.auth.endpoints import router as auth_router
 from carechart.auth.endpoints import well_known_router
 from carechart.config import Settings, get_settings
@@ -23,6 +26,8 @@ from carechart.context import AppContext
 from carechart.errors import CarechartError, Issue
 from carechart.fhir.outcome import operation_outcome
 from carechart.fhir.router import build_router, read_route
+from carechart.ratelimit import build_limiter, rules_from_settings
+from carechart.ratelimit import install as install_rate_limits
 
 log = logging.getLogger("carechart")
 
@@ -117,8 +122,6 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        if context.fast_reader is not None:
-            await context.fast_reader.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -129,12 +132,20 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
         redoc_url=None,
     )
     app.state.ctx = context
+    # AuditEvent is served from the audit trail, ahead of the generic read route.
+    app.include_router(audit_fhir_router)
     app.router.routes.append(read_route())
     app.include_router(build_router(), prefix="/fhir")
     app.include_router(auth_router)
+    app.include_router(access_router)
+    app.include_router(audit_router)
     app.include_router(well_known_router)
     app.add_middleware(NoStoreMiddleware)
     app.add_middleware(FhirAliasMiddleware)
+    # Outermost: a flood is refused before any other work (SECURITY F1, F2).
+    app.add_middleware(
+        install_rate_limits(app, build_limiter(settings), rules_from_settings(settings))
+    )
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from carechart.audit.cli import audit_app
 from carechart.auth.cli import users_app
 from carechart.config import get_settings
 
@@ -18,6 +19,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 search_app = typer.Typer(help="Search index maintenance.", no_args_is_help=True)
 app.add_typer(search_app, name="search")
+app.add_typer(audit_app, name="audit")
 console = Console(stderr=True)
 
 

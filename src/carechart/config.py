@@ -32,6 +32,41 @@ class Settings(BaseSettings):
     base_url: str | None = Field(
         default=None, description="Public base URL for fullUrl/Location; unset means from request."
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis://host:6379/0) for state shared by app servers (rate "
+        "limits); unset means each process counts on its own.",
+    )
+    rate_limit_per_ip: int = Field(
+        default=1200,
+        ge=0,
+        description="Requests per minute per client IP (IPv6 per /64), also the burst; every "
+        "route but /health and /metrics; 0 turns the limit off.",
+    )
+    rate_limit_per_user: int = Field(
+        default=600,
+        ge=0,
+        description="Requests per minute per authenticated user or OAuth client, also the "
+        "burst; 0 turns the limit off.",
+    )
+    rate_limit_sensitive: int = Field(
+        default=60,
+        ge=0,
+        description="Requests per minute, per IP and per user or client, on each "
+        "enumeration-prone route: Patient search, $everything, $export, MFA verify; 0 turns "
+        "the limit off.",
+    )
+    rate_limit_redis_prefix: str = Field(
+        default="carechart:rl:",
+        min_length=1,
+        description="Prefix of the rate-limit keys in Redis (deployments sharing one Redis "
+        "need distinct prefixes).",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated IPs or CIDR networks of reverse proxies whose "
+        "X-Forwarded-For is believed; empty means the header is ignored.",
+    )
 
     @property
     def effective_database_url(self) -> str:

@@ -61,6 +61,18 @@ class Gone(CarechartError):
     status, code, fhir_code = 410, "GONE", "deleted"
 
 
+class Forbidden(CarechartError):
+    """Authenticated, but this caller may not do this (SECURITY B1, B5)."""
+
+    status, code, fhir_code = 403, "FORBIDDEN", "forbidden"
+
+
+class TerritoryMismatch(Forbidden):
+    """A write addressed to a territory the caller does not work in (SECURITY B8)."""
+
+    code = "TERRITORY_MISMATCH"
+
+
 class MethodNotAllowed(CarechartError):
     status, code, fhir_code = 405, "METHOD_NOT_ALLOWED", "not-supported"
 

@@ -44,6 +44,8 @@ def create_user(
     password: str | None = None,
     must_change_password: bool = False,
     patient_id: str | None = None,
+    practitioner_id: str | None = None,
+    territories: tuple[str, ...] = (),
 ) -> tuple[UserAccount, str]:
     tenant = ctx.settings.default_tenant
     password = password or strong_password()
@@ -59,6 +61,8 @@ def create_user(
                 password=password,
                 must_change_password=must_change_password,
                 patient_id=patient_id,
+                practitioner_id=practitioner_id,
+                territories=territories,
             ),
             actor=None,
             client=ClientInfo(),

@@ -46,6 +46,7 @@ class UserAccount:
     territories: tuple[str, ...]
     active: bool
     created_at: datetime
+    practitioner_id: str | None = None
 
 
 def username_index(keyring: KeyRing, tenant: str, canonical: str) -> str:
@@ -79,6 +80,7 @@ def _from_row(keyring: KeyRing, row: RowMapping) -> UserAccount:
         territories=tuple(str(t) for t in territories or ()),
         active=bool(row["active"]),
         created_at=row["created_at"],
+        practitioner_id=row["practitioner_id"],
     )
 
 
@@ -96,6 +98,7 @@ def create(
     patient_id: str | None,
     territories: tuple[str, ...],
     now: datetime,
+    practitioner_id: str | None = None,
 ) -> UserAccount:
     """Insert an account; :class:`UsernameTaken` when the canonical username is in use."""
     user_id = uuid.uuid4().hex
@@ -111,6 +114,7 @@ def create(
         "password_hash": password_hash,
         "must_change_password": must_change_password,
         "patient_id": patient_id,
+        "practitioner_id": practitioner_id,
         "territories": list(territories),
         "active": True,
         "created_at": now,
@@ -136,6 +140,7 @@ def create(
         territories=territories,
         active=True,
         created_at=now,
+        practitioner_id=practitioner_id,
     )
 
 

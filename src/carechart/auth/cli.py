@@ -54,6 +54,22 @@ def create_admin(
 
     Raises ``UsernameTaken`` (409) when the e-mail is in use, after NFKC + casefold.
     """
+    return create_user(ctx, parts, email=email, full_name=full_name, role=Role.admin, tenant=tenant)
+
+
+def create_user(
+    ctx: AppContext,
+    parts: AuthComponents,
+    *,
+    email: str,
+    full_name: str,
+    role: Role,
+    tenant: str | None = None,
+    practitioner_id: str | None = None,
+    patient_id: str | None = None,
+    territories: tuple[str, ...] = (),
+) -> CreatedAdmin:
+    """Create an account of any role with a one-time password (changed at first sign-in)."""
     tenant = tenant or ctx.settings.default_tenant
     password = one_time_password()
     ctx.keyring.active(tenant)
@@ -63,9 +79,12 @@ def create_admin(
             NewAccount(
                 email=email,
                 full_name=full_name,
-                role=Role.admin,
+                role=role,
                 password=password,
                 must_change_password=True,
+                practitioner_id=practitioner_id,
+                patient_id=patient_id,
+                territories=territories,
             ),
             actor=None,
             client=CLI_CLIENT,
@@ -97,4 +116,50 @@ def create_admin_command(
     console.print(f"administrator created: {created.user_id}")
     console.print("sign in with this one-time password; you will be asked to change it:")
     # Printed to stdout once and never stored in clear; not logged.
+    typer.echo(f"password: {created.one_time_password}")
+
+
+@users_app.command("create")
+def create_command(
+    email: Annotated[str, typer.Option(help="The user's e-mail address (the username).")],
+    role: Annotated[Role, typer.Option(help="Role in the role matrix (see the README).")],
+    name: Annotated[str, typer.Option(help="Full name.")],
+    practitioner_id: Annotated[
+        str | None, typer.Option(help="Clinicians: the Practitioner resource id they are.")
+    ] = None,
+    patient_id: Annotated[
+        str | None, typer.Option(help="Patient users: the Patient resource id they are.")
+    ] = None,
+    territory: Annotated[
+        list[str] | None, typer.Option(help="A territory the user works in (repeatable).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Tenant; the default tenant if unset.")] = None,
+) -> None:
+    """Create an account of any role and print its one-time password, once."""
+    from carechart.config import get_settings
+    from carechart.db.migrate import upgrade
+    from carechart.errors import CarechartError
+
+    settings = get_settings()
+    ctx = AppContext.from_settings(settings)
+    try:
+        upgrade(ctx.engine)
+        created = create_user(
+            ctx,
+            from_context(ctx),
+            email=email,
+            full_name=name,
+            role=role,
+            tenant=tenant,
+            practitioner_id=practitioner_id,
+            patient_id=patient_id,
+            territories=tuple(territory or ()),
+        )
+    except CarechartError as error:
+        console.print(f"[red]{error.message}")
+        raise typer.Exit(code=1) from None
+    finally:
+        ctx.engine.dispose()
+    console.print(f"{role.value} created: {created.user_id}")
+    console.print("sign in with this one-time password; you will be asked to change it:")
     typer.echo(f"password: {created.one_time_password}")

@@ -26,6 +26,7 @@ from carechart.auth.errors import (
 from carechart.auth.principal import CHANGE_PASSWORD_SCOPE, MFA_ENROLL_SCOPE, Principal
 from carechart.auth.service import ClientInfo, IdentityService
 from carechart.db.engine import unit_of_work
+from carechart.ratelimit import enforce_principal
 
 __all__ = [
     "ClientInfo",
@@ -109,6 +110,8 @@ def current_principal(request: Request) -> Principal:
         raise PasswordChangeRequired()
     if MFA_ENROLL_SCOPE in principal.scopes:
         raise MfaEnrollmentRequired()
+    # Per user or client, whichever address it comes from (SECURITY F1).
+    enforce_principal(request, principal.subject)
     return principal
 
 

@@ -72,6 +72,7 @@ def _user_read(user: UserAccount) -> dict[str, Any]:
         "full_name": user.full_name,
         "role": user.role,
         "patient_id": user.patient_id,
+        "practitioner_id": user.practitioner_id,
         "territories": list(user.territories),
         "active": user.active,
         "must_change_password": user.must_change_password,
@@ -173,6 +174,7 @@ def register(body: UserCreate, principal: FullSession, request: Request) -> User
         patient_id=body.patient_id,
         territories=tuple(body.territories),
         must_change_password=body.must_change_password,
+        practitioner_id=body.practitioner_id,
     )
     with identity_service(request) as service:
         outcome = service.register(principal, new, client_info(request))

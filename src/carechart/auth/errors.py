@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from carechart.errors import CarechartError, Unprocessable
+from carechart.errors import Forbidden as Forbidden  # re-exported: raised by the auth routes
 
 
 class Unauthorized(CarechartError):
@@ -60,12 +61,6 @@ class PasswordRejected(Unprocessable):
 
 class InvalidUsername(Unprocessable):
     code = "INVALID_USERNAME"
-
-
-class Forbidden(CarechartError):
-    """Authenticated, but this caller may not do this."""
-
-    status, code, fhir_code = 403, "FORBIDDEN", "forbidden"
 
 
 class PasswordChangeRequired(Forbidden):

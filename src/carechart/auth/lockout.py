@@ -10,19 +10,14 @@ and restarts. Like refresh-token revocation, the failure count is written in the
 transaction, so the endpoint commits before it answers 401/423.
 
 Throttling: a :class:`Throttle` answers how long a key (an IP, a user, a client) must wait.
-:class:`InMemoryTokenBucket` serves one process; a Redis implementation of the same protocol
-serves a fleet (DESIGN 2: shared state goes to Redis when configured).
+:class:`InMemoryTokenBucket` serves one process. Both now live in :mod:`carechart.ratelimit`,
+with the limits per IP, user and client and their Redis backend.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -30,6 +25,20 @@ from sqlalchemy.exc import IntegrityError
 
 from carechart.auth.errors import AccountLocked, RateLimited
 from carechart.db.auth_schema import as_utc, login_lockout
+
+# The throttle lives with the other rate limits; these names stay importable from here.
+from carechart.ratelimit.limiter import InMemoryTokenBucket, Throttle
+
+__all__ = [
+    "InMemoryTokenBucket",
+    "LockoutPolicy",
+    "Throttle",
+    "enforce",
+    "ensure_not_locked",
+    "locked_until",
+    "record_failure",
+    "record_success",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,57 +122,8 @@ def record_success(conn: Connection, *, tenant: str, account: str) -> None:
     )
 
 
-class Throttle(Protocol):
-    """How long ``key`` must wait before its next request: 0 when it may go now.
-
-    A call that returns 0 has consumed one request's worth of the allowance.
-    """
-
-    def wait_seconds(self, key: str) -> float: ...
-
-
 def enforce(throttle: Throttle, key: str) -> None:
     """Raise :class:`RateLimited` (429 + Retry-After) when ``key`` is over its allowance."""
     wait = throttle.wait_seconds(key)
     if wait > 0:
         raise RateLimited(wait)
-
-
-class InMemoryTokenBucket:
-    """A token bucket per key (``capacity`` burst, ``rate`` requests per second), in process.
-
-    Memory is bounded: the least recently seen keys are forgotten beyond ``max_keys``, which
-    at worst gives a forgotten key a fresh, full bucket.
-    """
-
-    def __init__(
-        self,
-        *,
-        capacity: float,
-        rate: float,
-        max_keys: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if capacity < 1 or rate <= 0:
-            raise ValueError("a bucket needs capacity >= 1 and a positive rate")
-        self._capacity = capacity
-        self._rate = rate
-        self._max_keys = max_keys
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def wait_seconds(self, key: str) -> float:
-        now = self._clock()
-        with self._lock:
-            tokens, last = self._buckets.pop(key, (self._capacity, now))
-            tokens = min(self._capacity, tokens + (now - last) * self._rate)
-            if tokens >= 1:
-                tokens -= 1
-                wait = 0.0
-            else:
-                wait = (1 - tokens) / self._rate
-            self._buckets[key] = (tokens, now)
-            while len(self._buckets) > self._max_keys:
-                self._buckets.popitem(last=False)
-            return wait

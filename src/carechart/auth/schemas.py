@@ -51,7 +51,13 @@ class UserCreate(_Strict):
     patient_id: Annotated[str | None, Field(max_length=64, pattern=r"^[A-Za-z0-9\-.]{1,64}$")] = (
         None
     )
-    territories: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=100)] = []
+    practitioner_id: Annotated[
+        str | None, Field(max_length=64, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
+    ] = None
+    territories: Annotated[
+        list[Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_\-.]{1,64}$")]],
+        Field(max_length=100),
+    ] = []
     must_change_password: bool = False
 
 
@@ -61,6 +67,7 @@ class UserRead(BaseModel):
     full_name: str
     role: Role
     patient_id: str | None
+    practitioner_id: str | None
     territories: list[str]
     active: bool
     must_change_password: bool

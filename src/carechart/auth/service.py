@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar, cast
 from sqlalchemy.engine import Connection
 
 from carechart.audit.chain import AuditRecord, append
-from carechart.auth import accounts, lockout, refresh, totp
+from carechart.auth import accounts, clients, lockout, refresh, totp
 from carechart.auth.accounts import UserAccount
 from carechart.auth.config import AuthComponents
 from carechart.auth.errors import (
@@ -32,12 +32,14 @@ from carechart.auth.errors import (
 from carechart.auth.passwords import canonical_username, check_password
 from carechart.auth.principal import (
     CHANGE_PASSWORD_SCOPE,
+    CLINICIAN_ROLES,
     FULL_PATIENT_SCOPE,
     FULL_USER_SCOPE,
     MFA_ENROLL_SCOPE,
     Principal,
     Role,
 )
+from carechart.auth.principal import ClientInfo as ClientInfo  # re-exported
 from carechart.auth.tokens import (
     CLOCK_LEEWAY,
     issue_access_token,
@@ -51,16 +53,6 @@ MFA_TICKET_TYPE = "mfa-ticket+jwt"
 USER_ACCOUNT = "UserAccount"  # resource_type of audit records about accounts
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """Where a request comes from, for the audit record (C1)."""
-
-    source_ip: str | None = None
-    user_agent: str | None = None
-    correlation_id: str | None = None
-    client_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +79,13 @@ class TokenGrant:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientGrant:
+    access_token: str
+    expires_in: int
+    scope: str
+
+
+@dataclass(frozen=True, slots=True)
 class MfaChallenge:
     """Password accepted; the TOTP step is still owed (SECURITY A5)."""
 
@@ -103,10 +102,19 @@ class NewAccount:
     patient_id: str | None = None
     territories: tuple[str, ...] = ()
     must_change_password: bool = False
+    practitioner_id: str | None = None
 
 
 def _refused(error: CarechartError) -> Outcome[Any]:
     return Outcome(None, error)
+
+
+def _session_of(principal: Principal) -> str:
+    """The login session of a user principal; clients have none, and the session routes are
+    not theirs."""
+    if principal.session_id is None:
+        raise Unauthorized("no-session")
+    return principal.session_id
 
 
 def _context_words(email: str, full_name: str) -> list[str]:
@@ -179,7 +187,9 @@ class IdentityService:
         # The blind index, not the username: login_lockout holds no clear name either.
         return accounts.username_index(self.keyring, self.tenant, canonical)
 
-    def _user(self, user_id: str) -> UserAccount | None:
+    def _user(self, user_id: str | None) -> UserAccount | None:
+        if user_id is None:
+            return None
         return accounts.by_id(self.conn, self.keyring, tenant=self.tenant, user_id=user_id)
 
     def _scope(self, user: UserAccount, mfa_passed: bool) -> str:
@@ -361,16 +371,17 @@ class IdentityService:
             self.conn, self.keyring, tenant=self.tenant, user_id=user.id, code=code, now=self.now
         ):
             return self._failed("mfa", key, user, client)
-        refresh.mark_mfa_passed(self.conn, tenant=self.tenant, session_id=principal.session_id)
+        session_id = _session_of(principal)
+        refresh.mark_mfa_passed(self.conn, tenant=self.tenant, session_id=session_id)
         lockout.record_success(self.conn, tenant=self.tenant, account=key)
         self._audit("mfa", "success", client, user=user)
         scope = self._scope(user, mfa_passed=True)
         return Outcome(
             TokenGrant(
-                access_token=self._access_token(user, principal.session_id, scope),
+                access_token=self._access_token(user, session_id, scope),
                 expires_in=int(self.config.access_token_lifetime.total_seconds()),
                 scope=scope,
-                session_id=principal.session_id,
+                session_id=session_id,
             )
         )
 
@@ -420,7 +431,9 @@ class IdentityService:
         return Outcome(self._grant(user, result.issued))
 
     def logout(self, principal: Principal, client: ClientInfo) -> None:
-        refresh.logout(self.conn, tenant=self.tenant, session_id=principal.session_id, now=self.now)
+        refresh.logout(
+            self.conn, tenant=self.tenant, session_id=_session_of(principal), now=self.now
+        )
         self._audit("logout", "success", client, user_id=principal.user_id)
 
     def authenticate(self, token: str) -> Outcome[Principal]:
@@ -438,8 +451,15 @@ class IdentityService:
         except Unauthorized as refusal:
             return _refused(refusal)
         session_id = claims.get("sid")
-        if claims["tenant"] != self.tenant or not isinstance(session_id, str):
-            return _refused(Unauthorized("tenant-or-session"))
+        client_id = claims.get("client_id")
+        scope = claims.get("scope")
+        scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+        if claims["tenant"] != self.tenant:
+            return _refused(Unauthorized("tenant"))
+        if session_id is None and isinstance(client_id, str) and claims["sub"] == client_id:
+            return self._client_principal(client_id, scopes)
+        if not isinstance(session_id, str):
+            return _refused(Unauthorized("session"))
         lapsed = refresh.check_session(
             self.conn,
             tenant=self.tenant,
@@ -452,19 +472,78 @@ class IdentityService:
         user = self._user(str(claims["sub"]))
         if user is None or not user.active:
             return _refused(Unauthorized("account-inactive"))
-        scope = claims.get("scope")
+        # A patient user's context is always their own record; a SMART launch names the
+        # patient for everyone else.
+        launch_patient = claims.get("patient")
+        if user.role is Role.patient:
+            patient_id = user.patient_id
+        else:
+            patient_id = launch_patient if isinstance(launch_patient, str) else None
         return Outcome(
             Principal(
                 user_id=user.id,
                 tenant=self.tenant,
                 role=user.role,
-                patient_id=user.patient_id,
+                patient_id=patient_id,
                 territories=user.territories,
-                scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
+                scopes=scopes,
                 session_id=session_id,
                 mfa_passed=refresh.session_passed_mfa(
                     self.conn, tenant=self.tenant, session_id=session_id
                 ),
+                practitioner_id=user.practitioner_id,
+                client_id=client_id if isinstance(client_id, str) else None,
+            )
+        )
+
+    def client_token(
+        self, client: clients.OAuthClient, requested: frozenset[str], info: ClientInfo
+    ) -> ClientGrant:
+        """An access token for a backend service acting for itself (SMART Backend Services,
+        client_credentials): no session and no refresh token; the scope is what was asked
+        within what the registration allows (B7), and only ``system/`` scopes."""
+        if not client.active or client.kind != "backend":
+            raise Unauthorized("client")
+        granted = sorted(s for s in requested & client.scope if s.startswith("system/"))
+        if not granted:
+            raise Forbidden("none of the requested scopes is granted to this client")
+        scope = " ".join(granted)
+        key = self.parts.signing_keys.active(self.conn, self.now)
+        token = issue_access_token(
+            key,
+            issuer=self.config.issuer,
+            audience=self.config.audience,
+            subject=client.client_id,
+            tenant=self.tenant,
+            now=self.now,
+            lifetime=self.config.access_token_lifetime,
+            scope=scope,
+            extra={"client_id": client.client_id},
+        )
+        self._audit("token", "success", info)
+        return ClientGrant(
+            access_token=token,
+            expires_in=int(self.config.access_token_lifetime.total_seconds()),
+            scope=scope,
+        )
+
+    def _client_principal(self, client_id: str, scopes: frozenset[str]) -> Outcome[Principal]:
+        """A backend service acting for itself (SMART Backend Services): no user, no session;
+        the client must still be registered and active, so revoking it takes effect at once."""
+        client = clients.by_id(self.conn, tenant=self.tenant, client_id=client_id)
+        if client is None or not client.active or client.kind != "backend":
+            return _refused(Unauthorized("client-inactive"))
+        return Outcome(
+            Principal(
+                user_id=None,
+                tenant=self.tenant,
+                role=Role.system,
+                patient_id=None,
+                territories=client.territories,
+                scopes=scopes & client.scope,
+                session_id=None,
+                mfa_passed=False,
+                client_id=client.client_id,
             )
         )
 
@@ -484,6 +563,8 @@ class IdentityService:
         canonical = validate_email(new.email)
         if (new.role is Role.patient) != (new.patient_id is not None):
             raise Unprocessable("patient_id is required for, and only for, the patient role")
+        if new.practitioner_id is not None and new.role not in CLINICIAN_ROLES:
+            raise Unprocessable("practitioner_id is for clinicians (physician, nurse) only")
         if accounts.username_in_use(
             self.conn, self.keyring, tenant=self.tenant, canonical_username=canonical
         ):
@@ -502,6 +583,7 @@ class IdentityService:
             patient_id=new.patient_id,
             territories=new.territories,
             now=self.now,
+            practitioner_id=new.practitioner_id,
         )
         self._audit(
             "create",

@@ -133,6 +133,9 @@ user_account = sa.Table(
     sa.Column("must_change_password", sa.Boolean, nullable=False),
     # The Patient resource a patient user is (role ``patient`` only).
     sa.Column("patient_id", RID, nullable=True),
+    # The Practitioner resource a clinician is: care relationships (CareTeam, Encounter,
+    # Appointment, general practitioner) name it, and SMART's fhirUser points at it.
+    sa.Column("practitioner_id", RID, nullable=True),
     # Territories (sites, departments) the user works in; a JSON list of codes.
     sa.Column("territories", sa.JSON, nullable=False),
     sa.Column("active", sa.Boolean, nullable=False),
@@ -140,6 +143,45 @@ user_account = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("password_changed_at", sa.DateTime(timezone=True), nullable=True),
     sa.UniqueConstraint("tenant_id", "username_index"),
+)
+
+# Registered OAuth 2.0 clients (SMART apps and backend services, SECURITY A3, A7, B7). A
+# confidential client's secret is kept only as an argon2id hash; a backend service authenticates
+# with a JWT signed by a key from its registered JWKS (private_key_jwt), so nothing secret is
+# stored for it at all.
+oauth_client = sa.Table(
+    "oauth_client",
+    metadata,
+    sa.Column("tenant_id", TENANT, primary_key=True),
+    sa.Column("client_id", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    # public (PKCE only), confidential (secret + PKCE) or backend (client_credentials).
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("secret_hash", sa.String(256), nullable=True),
+    sa.Column("jwks", sa.JSON, nullable=True),
+    sa.Column("redirect_uris", sa.JSON, nullable=False),
+    # The most the client may ever be granted, as a space-separated scope string.
+    sa.Column("scope", sa.Text, nullable=False),
+    # Territories a backend service works in (a JSON list of codes, like user_account's).
+    sa.Column("territories", sa.JSON, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_by", USER_ID, nullable=True),
+)
+
+# Break-glass grants (SECURITY B9): one user, one patient, a reason, a hard expiry. The reason
+# is free text that may name clinical facts, so it is sealed like PHI.
+break_glass_grant = sa.Table(
+    "break_glass_grant",
+    metadata,
+    sa.Column("tenant_id", TENANT, primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("user_id", USER_ID, nullable=False),
+    sa.Column("patient_id", RID, nullable=False),
+    sa.Column("sealed_reason", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index(None, "tenant_id", "user_id", "expires_at"),
 )
 
 AUTH_TABLES = (
@@ -150,6 +192,8 @@ AUTH_TABLES = (
     login_lockout,
     audit_event,
     user_account,
+    oauth_client,
+    break_glass_grant,
 )
 
 # The exact statements, per dialect, that make audit_event append-only. Kept as data so the

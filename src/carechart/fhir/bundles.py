@@ -22,7 +22,6 @@ import orjson
 from carechart.errors import BadRequest, CarechartError, Issue, NotFound, PreconditionFailed
 from carechart.fhir.model import ID_PATTERN, TYPE_PATTERN, StoredVersion, format_instant
 from carechart.fhir.outcome import operation_outcome
-from carechart.fhir.search import search
 from carechart.fhir.store import SqlResourceStore
 
 StoreFactory = Callable[[bool], AbstractContextManager[SqlResourceStore]]
@@ -154,16 +153,8 @@ def _read_entry(store: SqlResourceStore, entry: _Entry, base: str) -> dict[str, 
     if query is not None or len(parts) == 1:
         if not parts or not TYPE_PATTERN.fullmatch(parts[0]):
             raise EntryError(f"Bundle.entry[{entry.index}]: {entry.url!r} is not a search URL")
-        store.check_type(parts[0])
-        store.flush()
-        result = search(
-            store.conn,
-            store.keyring,
-            store.tenant,
-            parts[0],
-            parse_qsl(query or "", keep_blank_values=True),
-        )
-        versions = store.read_many(parts[0], result.ids)
+        result = store.search(parts[0], parse_qsl(query or "", keep_blank_values=True))
+        versions = store.read_many(parts[0], result.ids, action="search")
         bundle = {
             "resourceType": "Bundle",
             "type": "searchset",

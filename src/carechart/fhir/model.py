@@ -22,6 +22,9 @@ class StoredVersion:
     deleted: bool
     body: bytes | None
     method: str = "GET"
+    # The first patient of the version's Patient compartment: whose data it is (access
+    # decisions and the audit trail key on it).
+    patient_id: str | None = None
 
     @property
     def etag(self) -> str:

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from carechart import jsonio
+from carechart.access.http import request_guard
 from carechart.context import AppContext
 from carechart.errors import BadRequest, NotFound
 from carechart.fhir import bundles
@@ -43,15 +44,12 @@ from carechart.fhir.outcome import information
 from carechart.fhir.search import (
     blind_params,
     confirm_candidate,
-    includes,
     parse_include_params,
-    search,
 )
 from carechart.fhir.store import (
     CompartmentPage,
     HistoryPage,
     SqlResourceStore,
-    current_version,
     everything_page,
 )
 from carechart.fhir.summary import Shaping, shaping_from
@@ -85,28 +83,16 @@ def _check_id_syntax(resource_type: str, resource_id: str) -> None:
 
 
 async def _in_store(request: Request, write: bool, work: Callable[[SqlResourceStore], T]) -> T:
+    """One unit of work for the request, guarded by its policy point (authentication, the
+    territory, the role matrix, care relationships) and audited in the same transaction."""
     ctx = _ctx(request)
 
     def run() -> T:
-        with ctx.store(write=write) as store:
+        guard = request_guard(request, write=write)
+        with ctx.store(write=write, guard=guard) as store:
             return work(store)
 
     return await run_in_threadpool(run)
-
-
-async def _read_current(request: Request, resource_type: str, resource_id: str) -> StoredVersion:
-    """read: on PostgreSQL one query on the event loop, else through the store."""
-    ctx = _ctx(request)
-    reader = ctx.fast_reader
-    if reader is None:
-        return await _in_store(request, False, lambda s: s.read(resource_type, resource_id))
-    if not load_definitions().is_resource_type(resource_type):
-        raise NotFound(f"resource type {resource_type!r} is not known")
-    tenant = ctx.settings.default_tenant
-    row = await reader.current(tenant, resource_type, resource_id)
-    if row is not None and not row.deleted and not ctx.keyring.has_version(tenant, row.key_version):
-        await run_in_threadpool(ctx.keyring.version, tenant, row.key_version)
-    return current_version(ctx.keyring, tenant, resource_type, resource_id, row)
 
 
 async def read_endpoint(request: Request) -> Response:
@@ -118,7 +104,7 @@ async def read_endpoint(request: Request) -> Response:
     _check_type_syntax(resource_type)
     _check_id_syntax(resource_type, resource_id)
     shaping = shaping_from(resource_type, list(request.query_params.multi_items()))
-    version = await _read_current(request, resource_type, resource_id)
+    version = await _in_store(request, False, lambda s: s.read(resource_type, resource_id))
     body: Any = version.body if shaping.whole else _shaped(version, shaping)
     return fhir_response(body, headers=version_headers(version), pretty=is_pretty(request))
 
@@ -239,10 +225,7 @@ def _confirmed_search(
 ) -> SearchPage:
     """Search with blind-indexed parameters: take every candidate (in result order), keep
     those whose unsealed body really matches, then page over the true matches."""
-    result = search(
-        store.conn,
-        store.keyring,
-        store.tenant,
+    result = store.search(
         resource_type,
         [*query, ("_count", str(MAX_CANDIDATES)), ("_offset", "0")],
         strict=strict,
@@ -254,7 +237,7 @@ def _confirmed_search(
         )
     confirmed = [
         v
-        for v in store.read_many(resource_type, result.ids)
+        for v in store.read_many(resource_type, result.ids, action="search")
         if v.body is not None and confirm_candidate(resource_type, orjson.loads(v.body), query)
     ]
     page = SearchPage(confirmed[offset : offset + count], len(confirmed), result.unknown_params)
@@ -271,7 +254,7 @@ def _confirmed(
     Blind tokens are candidates: at the default 32 bits a false one is about one lookup in
     four thousand at a million distinct values, so pages are taken over candidates and a rare
     false one makes a page one short; ``_total=accurate`` confirms every candidate first."""
-    versions = store.read_many(resource_type, ids)
+    versions = store.read_many(resource_type, ids, action="search")
     if not blind_params(resource_type, query):
         return versions
     return [
@@ -279,19 +262,6 @@ def _confirmed(
         for v in versions
         if v.body is not None and confirm_candidate(resource_type, orjson.loads(v.body), query)
     ]
-
-
-def _read_pairs(store: SqlResourceStore, pairs: list[tuple[str, str]]) -> list[StoredVersion]:
-    """Current versions of (type, id) pairs, one query per type, in the given order."""
-    by_type: dict[str, list[str]] = {}
-    for resource_type, resource_id in pairs:
-        by_type.setdefault(resource_type, []).append(resource_id)
-    found = {
-        (v.resource_type, v.id): v
-        for resource_type, ids in by_type.items()
-        for v in store.read_many(resource_type, ids)
-    }
-    return [found[p] for p in pairs if p in found]
 
 
 def definitions_known(resource_type: str) -> bool:
@@ -366,9 +336,12 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             )
         else:
             ctx = _ctx(request)
-            result = await run_in_threadpool(
-                lambda: bundles.batch(lambda write: ctx.store(write=write), body, base)
-            )
+
+            def run_batch() -> dict[str, Any]:
+                guard = request_guard(request, write=True)
+                return bundles.batch(lambda write: ctx.store(write=write, guard=guard), body, base)
+
+            result = await run_in_threadpool(run_batch)
         return fhir_response(result, pretty=is_pretty(request))
 
     @router.get("/_history", summary="system history")
@@ -554,10 +527,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         include_specs, revinclude_specs = parse_include_params(query)
 
         def run_search(store: SqlResourceStore, page_count: int, page_offset: int) -> Any:
-            return search(
-                store.conn,
-                store.keyring,
-                store.tenant,
+            return store.search(
                 resource_type,
                 [*query, ("_count", str(page_count)), ("_offset", str(page_offset))],
                 strict=strict,
@@ -606,17 +576,15 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
                     result.unknown_params,
                 )
             if include_specs or revinclude_specs:
-                found = includes(
-                    store.conn,
-                    store.keyring,
-                    store.tenant,
-                    resource_type,
-                    [v.id for v in page.matches],
-                    include_specs,
-                    revinclude_specs,
-                    max_results=settings.max_page_size,
+                page.included.extend(
+                    store.included(
+                        resource_type,
+                        [v.id for v in page.matches],
+                        include_specs,
+                        revinclude_specs,
+                        max_results=settings.max_page_size,
+                    )
                 )
-                page.included.extend(_read_pairs(store, found))
             return page
 
         page = await _in_store(request, False, work)

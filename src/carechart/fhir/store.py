@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from carechart import jsonio
+from carechart.access.policy import AccessGuard
 from carechart.crypto.aead import open_sealed, resource_ad, seal
 from carechart.crypto.keys import KeyRing
 from carechart.db.engine import bulk_insert
@@ -35,6 +36,7 @@ from carechart.db.schema import (
 from carechart.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     Gone,
     NotFound,
     PreconditionFailed,
@@ -52,6 +54,8 @@ from carechart.fhir.search import (
     index_rows,
     search_ids_for_condition,
 )
+from carechart.fhir.search.include import IncludeSpec, includes
+from carechart.fhir.search.query import Restriction, SearchResult, search
 from carechart.fhir.validation import validate_resource
 
 SNAPSHOT_LIFETIME = timedelta(hours=1)
@@ -63,6 +67,7 @@ _CURRENT_ROW = sa.select(
     resource.c.deleted,
     resource.c.key_version,
     resource.c.body,
+    resource.c.patient_id,
 ).where(
     resource.c.tenant_id == sa.bindparam("tenant"),
     resource.c.resource_type == sa.bindparam("rtype"),
@@ -121,6 +126,7 @@ def current_version(
         last_updated=as_utc(row.last_updated),
         deleted=False,
         body=open_sealed(key.key, row.body, ad),
+        patient_id=row.patient_id,
     )
 
 
@@ -156,10 +162,21 @@ def _server_meta(
 class SqlResourceStore:
     """One implementation for SQLite and PostgreSQL; dialect specifics stay in ``db``."""
 
-    def __init__(self, conn: Connection, keyring: KeyRing, tenant: str) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        keyring: KeyRing,
+        tenant: str,
+        guard: AccessGuard | None = None,
+    ) -> None:
+        """``guard`` is the request's policy decision point; None only for the server's own
+        work (migrations, maintenance commands, seeding), never for a request."""
         self.conn = conn
         self.keyring = keyring
         self.tenant = tenant
+        self.guard = guard
+        if guard is not None:
+            guard.bind(conn)
         self.definitions = load_definitions()
         self._pending: dict[sa.Table, list[dict[str, Any]]] = {
             resource: [],
@@ -219,6 +236,7 @@ class SqlResourceStore:
                 resource_type, resource_id, row.version_id, row.key_version, row.body
             ),
             method=getattr(row, "method", "GET"),
+            patient_id=getattr(row, "patient_id", None),
         )
 
     def open_body(
@@ -228,6 +246,115 @@ class SqlResourceStore:
         return open_sealed(
             key.key, sealed, resource_ad(self.tenant, resource_type, resource_id, version)
         )
+
+    # --- access (the policy point's questions, asked where the data is) -----------------
+
+    def visible(
+        self, resource_type: str, resource_id: str, patient_id: str | None, action: str
+    ) -> bool:
+        """Whether a stored resource may be shown; logged for the audit trail either way."""
+        guard = self.guard
+        if guard is None:
+            return True
+        if guard.admits(resource_type, patient_id, "r"):
+            guard.record(action, resource_type, resource_id, patient_id)
+            return True
+        guard.record(action, resource_type, resource_id, patient_id, "denied")
+        return False
+
+    def _check_write(
+        self,
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        deleting: bool,
+        action: str | None,
+        before: str | None,
+        after: str | None,
+    ) -> None:
+        """Writes are checked before and after (B4): the version replaced must be the
+        caller's to change, and so must the result (no moving a record to another patient
+        outside one's reach). A refusal rolls the whole unit of work back."""
+        guard = self.guard
+        if guard is None:
+            return
+        letter = "d" if deleting else ("c" if version == 1 else "u")
+        action = action or {"c": "create", "u": "update", "d": "delete"}[letter]
+        allowed = (version == 1 or guard.admits(resource_type, before, letter)) and (
+            deleting or guard.admits(resource_type, after, letter)
+        )
+        patient = before if deleting else after
+        if not allowed:
+            guard.record(action, resource_type, resource_id, patient, "denied")
+            raise Forbidden(f"you may not {action} this {resource_type}")
+        guard.record(action, resource_type, resource_id, patient)
+
+    def _restriction(self) -> Restriction | None:
+        guard = self.guard
+        if guard is None:
+            return None
+
+        def restrict(resource_type: str, patient_column: Any) -> Any:
+            if not guard.allows(resource_type, "s"):
+                guard.record("search", resource_type, None, None, "denied")
+                raise Forbidden(f"you may not search {resource_type}")
+            return guard.search_condition(resource_type, patient_column)
+
+        return restrict
+
+    def search(
+        self,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        strict: bool = False,
+        patient_compartment: str | None = None,
+    ) -> SearchResult:
+        """A search over what the caller may see: the policy's restriction applies to the
+        searched type and to every type a chain or ``_has`` passes through (B3)."""
+        self.check_type(resource_type)
+        self.flush()
+        return search(
+            self.conn,
+            self.keyring,
+            self.tenant,
+            resource_type,
+            params,
+            strict=strict,
+            patient_compartment=patient_compartment,
+            restrict=self._restriction(),
+        )
+
+    def included(
+        self,
+        resource_type: str,
+        match_ids: Sequence[str],
+        include_specs: Sequence[IncludeSpec],
+        revinclude_specs: Sequence[IncludeSpec],
+        *,
+        max_results: int,
+    ) -> list[StoredVersion]:
+        """The _include/_revinclude resources of a page, only those the caller may see."""
+        self.flush()
+        pairs = includes(
+            self.conn,
+            self.keyring,
+            self.tenant,
+            resource_type,
+            match_ids,
+            include_specs,
+            revinclude_specs,
+            max_results=max_results,
+        )
+        by_type: dict[str, list[str]] = {}
+        for pair_type, pair_id in pairs:
+            by_type.setdefault(pair_type, []).append(pair_id)
+        found = {
+            (v.resource_type, v.id): v
+            for pair_type, ids in by_type.items()
+            for v in self.read_many(pair_type, ids, action="search")
+        }
+        return [found[p] for p in pairs if p in found]
 
     # --- writes -----------------------------------------------------------------------
 
@@ -240,7 +367,11 @@ class SqlResourceStore:
         method: str,
         *,
         deferrable: bool = False,
+        action: str | None = None,
+        previous_patient: str | None = None,
     ) -> StoredVersion:
+        """Write one version. ``previous_patient``: whose data the version it replaces was
+        (a deletion stays that patient's, so its history entry is guarded like the rest)."""
         clock = datetime.now(UTC)
         # FHIR instants carry milliseconds; storing the same precision keeps _since exact.
         now = clock.replace(microsecond=clock.microsecond // 1000 * 1000)
@@ -255,6 +386,10 @@ class SqlResourceStore:
         else:
             key_version = self.keyring.active(self.tenant).version
             stored = None
+        patient = patients[0] if patients else (previous_patient if body is None else None)
+        self._check_write(
+            resource_type, resource_id, version, body is None, action, previous_patient, patient
+        )
         row = {
             "tenant_id": self.tenant,
             "resource_type": resource_type,
@@ -262,7 +397,7 @@ class SqlResourceStore:
             "version_id": version,
             "last_updated": now,
             "deleted": body is None,
-            "patient_id": patients[0] if patients else None,
+            "patient_id": patient,
             "key_version": key_version,
             "body": sealed,
         }
@@ -295,6 +430,7 @@ class SqlResourceStore:
             deleted=body is None,
             body=data,
             method=method,
+            patient_id=patient,
         )
 
     def _write_now(
@@ -417,15 +553,21 @@ class SqlResourceStore:
         if not query:
             raise BadRequest("a conditional interaction needs search criteria")
         self.flush()
-        ids = search_ids_for_condition(self.conn, self.keyring, self.tenant, resource_type, query)
+        ids = search_ids_for_condition(
+            self.conn, self.keyring, self.tenant, resource_type, query, self._restriction()
+        )
         params = parse_qsl(query, keep_blank_values=True)
-        if ids and blind_params(resource_type, params):
+        if ids and (self.guard is not None or blind_params(resource_type, params)):
             # Blind indexes give candidates; a conditional write must act on true matches only.
+            check = blind_params(resource_type, params)
             ids = [
                 version.id
-                for version in self.read_many(resource_type, ids)
+                for version in self.read_many(resource_type, ids, action="search")
                 if version.body is not None
-                and confirm_candidate(resource_type, orjson.loads(version.body), params)
+                and (
+                    not check
+                    or confirm_candidate(resource_type, orjson.loads(version.body), params)
+                )
             ]
         return ids
 
@@ -436,6 +578,7 @@ class SqlResourceStore:
         body: dict[str, Any],
         *,
         if_match: str | None = None,
+        action: str | None = None,
     ) -> WriteResult:
         """update (http.html#update), with create-on-update for a new client-chosen id."""
         self.check_type(resource_type)
@@ -468,7 +611,13 @@ class SqlResourceStore:
                 f"If-Match version {expected} is stale: {resource_type}/{resource_id} is at version {current.version_id}"
             )
         version = self._write_version(
-            resource_type, resource_id, body, current.version_id + 1, "PUT"
+            resource_type,
+            resource_id,
+            body,
+            current.version_id + 1,
+            "PUT",
+            action=action,
+            previous_patient=current.patient_id,
         )
         return WriteResult(version=version, created=False)
 
@@ -503,7 +652,7 @@ class SqlResourceStore:
         self.check_type(resource_type)
         if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
             raise BadRequest("a JSON Patch body must be an array of operation objects")
-        current = self.read(resource_type, resource_id)
+        current = self.read(resource_type, resource_id, action="patch")
         assert current.body is not None
         expected = parse_etag(if_match) if if_match is not None else None
         if expected is not None and expected != current.version_id:
@@ -526,7 +675,9 @@ class SqlResourceStore:
             raise Unprocessable("a patch may not change the resource id")
         if patched.get("resourceType") != resource_type:
             raise Unprocessable("a patch may not change the resourceType")
-        return self.update(resource_type, resource_id, patched, if_match=str(current.version_id))
+        return self.update(
+            resource_type, resource_id, patched, if_match=str(current.version_id), action="patch"
+        )
 
     def delete(self, resource_type: str, resource_id: str) -> StoredVersion | None:
         """Logical delete (http.html#delete): a new, empty version; history is kept.
@@ -535,12 +686,19 @@ class SqlResourceStore:
         """
         self.check_type(resource_type)
         current = self._current_row(resource_type, resource_id, lock=True)
-        if current is None:
+        if current is None or (
+            self.guard is not None and not self.guard.admits(resource_type, current.patient_id, "r")
+        ):
             raise NotFound(f"{resource_type}/{resource_id} is not known")
         if current.deleted:
             return None
         return self._write_version(
-            resource_type, resource_id, None, current.version_id + 1, "DELETE"
+            resource_type,
+            resource_id,
+            None,
+            current.version_id + 1,
+            "DELETE",
+            previous_patient=current.patient_id,
         )
 
     def conditional_delete(self, resource_type: str, query: str) -> int:
@@ -649,13 +807,25 @@ class SqlResourceStore:
 
     # --- reads ------------------------------------------------------------------------
 
-    def read(self, resource_type: str, resource_id: str) -> StoredVersion:
+    def exists(self, resource_type: str, resource_id: str) -> bool:
+        """Whether a current (not deleted) resource has this id; reveals nothing else."""
+        row = self._current_row(resource_type, resource_id)
+        return row is not None and not row.deleted
+
+    def read(self, resource_type: str, resource_id: str, *, action: str = "read") -> StoredVersion:
+        """read (http.html#read). A resource the caller may not see is answered exactly as
+        one that does not exist (SECURITY B2)."""
         self.check_type(resource_type)
         row = self._current_row(resource_type, resource_id)
+        if row is not None and not self.visible(resource_type, resource_id, row.patient_id, action):
+            row = None
         return current_version(self.keyring, self.tenant, resource_type, resource_id, row)
 
-    def read_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredVersion]:
-        """Current versions of ``ids`` in the given order; missing or deleted ones are skipped."""
+    def read_many(
+        self, resource_type: str, ids: Sequence[str], *, action: str = "read"
+    ) -> list[StoredVersion]:
+        """Current versions of ``ids`` in the given order; missing, deleted or forbidden ones
+        are skipped."""
         if not ids:
             return []
         self.flush()
@@ -666,6 +836,7 @@ class SqlResourceStore:
                 resource.c.last_updated,
                 resource.c.key_version,
                 resource.c.body,
+                resource.c.patient_id,
             ).where(
                 resource.c.tenant_id == self.tenant,
                 resource.c.resource_type == resource_type,
@@ -673,7 +844,11 @@ class SqlResourceStore:
                 resource.c.deleted.is_(False),
             )
         ).all()
-        by_id = {row.id: self.version_from_row(resource_type, row.id, row) for row in rows}
+        by_id = {
+            row.id: self.version_from_row(resource_type, row.id, row)
+            for row in rows
+            if self.visible(resource_type, row.id, row.patient_id, action)
+        }
         return [by_id[i] for i in ids if i in by_id]
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> StoredVersion:
@@ -689,6 +864,7 @@ class SqlResourceStore:
                 resource_history.c.key_version,
                 resource_history.c.body,
                 resource_history.c.method,
+                resource_history.c.patient_id,
             ).where(
                 resource_history.c.tenant_id == self.tenant,
                 resource_history.c.resource_type == resource_type,
@@ -696,6 +872,10 @@ class SqlResourceStore:
                 resource_history.c.version_id == int(version_id),
             )
         ).first()
+        if row is not None and not self.visible(
+            resource_type, resource_id, row.patient_id, "vread"
+        ):
+            row = None
         if row is None:
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id}")
         if row.deleted:
@@ -725,9 +905,13 @@ class SqlResourceStore:
             conditions.append(h.c.last_updated >= since)
         total: int | None = None
         if resource_id is not None and resource_type is not None:
-            total = self.conn.execute(sa.select(sa.func.count()).where(*conditions)).scalar_one()
-            if total == 0:
+            current = self._current_row(resource_type, resource_id)
+            if current is None or (
+                self.guard is not None
+                and not self.visible(resource_type, resource_id, current.patient_id, "history")
+            ):
                 raise NotFound(f"{resource_type}/{resource_id} is not known")
+            total = self.conn.execute(sa.select(sa.func.count()).where(*conditions)).scalar_one()
         if cursor is not None:
             conditions.append(h.c.seq < cursor)
         rows = self.conn.execute(
@@ -741,6 +925,7 @@ class SqlResourceStore:
                 h.c.key_version,
                 h.c.body,
                 h.c.method,
+                h.c.patient_id,
             )
             .where(*conditions)
             .order_by(h.c.seq.desc())
@@ -751,6 +936,7 @@ class SqlResourceStore:
         versions = [
             self.version_from_row(row.resource_type, row.id, row, deleted=row.deleted)
             for row in rows
+            if self.visible(row.resource_type, row.id, row.patient_id, "history")
         ]
         return HistoryPage(
             versions=versions, next_cursor=rows[-1].seq if more and rows else None, total=total
@@ -799,7 +985,13 @@ def everything_page(
         conditions.append(sa.tuple_(r.c.resource_type, r.c.id) > sa.tuple_(after_type, after_id))
     rows = store.conn.execute(
         sa.select(
-            r.c.resource_type, r.c.id, r.c.version_id, r.c.last_updated, r.c.key_version, r.c.body
+            r.c.resource_type,
+            r.c.id,
+            r.c.version_id,
+            r.c.last_updated,
+            r.c.key_version,
+            r.c.body,
+            r.c.patient_id,
         )
         .where(*conditions)
         .order_by(r.c.resource_type, r.c.id)
@@ -807,6 +999,10 @@ def everything_page(
     ).all()
     more = len(rows) > count
     rows = rows[:count]
-    versions = [store.version_from_row(row.resource_type, row.id, row) for row in rows]
+    versions = [
+        store.version_from_row(row.resource_type, row.id, row)
+        for row in rows
+        if store.visible(row.resource_type, row.id, row.patient_id, "export")
+    ]
     next_cursor = f"{rows[-1].resource_type}/{rows[-1].id}" if more and rows else None
     return CompartmentPage(versions=versions, next_cursor=next_cursor)

@@ -122,6 +122,7 @@ class _Context:
     depth: int = 0
     #: Recorded blind-index bits per resource type, read once per search.
     bits: dict[str, dict[str, int]] = field(default_factory=dict)
+    restrict: Restriction | None = None
 
     def nested(self, resource_type: str) -> _Context:
         if self.depth >= MAX_CHAIN_DEPTH:
@@ -136,17 +137,23 @@ class _Context:
             resource.alias(),
             self.depth + 1,
             self.bits,
+            self.restrict,
         )
 
     def alive_ids(self, cond: Cond) -> sa.Select[Any]:
         """Ids of current (not deleted) resources of this type satisfying ``cond``."""
         r = self.r.c
-        return sa.select(r.id).where(
+        query = sa.select(r.id).where(
             r.tenant_id == self.tenant,
             r.resource_type == self.resource_type,
             r.deleted == sa.false(),
             cond,
         )
+        if self.restrict is not None:
+            allowed = self.restrict(self.resource_type, r.patient_id)
+            if allowed is not None:
+                query = query.where(allowed)
+        return query
 
     def blind_bits(self, code: str) -> int:
         if self.resource_type not in self.bits:
@@ -160,6 +167,10 @@ class _UnknownParam(Exception):
 
 
 Cond = ColumnElement[bool]
+#: The access restriction of a search (the policy point's): for a resource type and the
+#: ``patient_id`` column of the rows being filtered, a condition, or None for none. It
+#: applies at the top level and inside every chain and ``_has`` (SECURITY B3).
+Restriction = Callable[[str, Any], "Cond | None"]
 
 
 def search(
@@ -171,6 +182,7 @@ def search(
     *,
     strict: bool = False,
     patient_compartment: str | None = None,
+    restrict: Restriction | None = None,
 ) -> SearchResult:
     """Run a type-level search, or a compartment search (search.html#3.1.1.6.1) within the
     Patient compartment of ``patient_compartment`` when given. ``strict`` (Prefer: handling=strict, §3.1.1.2) turns
@@ -179,7 +191,7 @@ def search(
     :data:`CONTROL_PARAMS` (``_include``, ``_revinclude``, ``_summary``, ``_elements``,
     ``_total``, ``_format``, ``_pretty``, with any modifier) are known and place no
     constraint: the router applies them (:func:`carechart.fhir.search.includes`)."""
-    ctx = _Context(conn, keyring, tenant, resource_type)
+    ctx = _Context(conn, keyring, tenant, resource_type, restrict=restrict)
     plans = plan_for(resource_type)
     r = resource.c
     where: list[Cond] = [
@@ -187,6 +199,10 @@ def search(
         r.resource_type == resource_type,
         r.deleted == sa.false(),
     ]
+    if restrict is not None:
+        allowed = restrict(resource_type, r.patient_id)
+        if allowed is not None:
+            where.append(allowed)
     if patient_compartment is not None:
         c = resource_compartment.c
         where.append(
@@ -241,7 +257,12 @@ def search(
 
 
 def search_ids_for_condition(
-    conn: Connection, keyring: KeyRing, tenant: str, resource_type: str, query_string: str
+    conn: Connection,
+    keyring: KeyRing,
+    tenant: str,
+    resource_type: str,
+    query_string: str,
+    restrict: Restriction | None = None,
 ) -> list[str]:
     """Ids matching a conditional create/update/delete criterion (http.html#ccreate), e.g.
     ``identifier=http://x|123``. Unknown parameters are errors here: ignoring one would
@@ -252,7 +273,7 @@ def search_ids_for_condition(
     ]
     if not params:
         raise BadRequest("a conditional interaction needs search criteria")
-    return search(conn, keyring, tenant, resource_type, params, strict=True).ids
+    return search(conn, keyring, tenant, resource_type, params, strict=True, restrict=restrict).ids
 
 
 def _non_negative(name: str, value: str) -> int:

@@ -119,6 +119,24 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "break_glass_grant",
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("patient_id", sa.String(length=64), nullable=False),
+        sa.Column("sealed_reason", sa.LargeBinary(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", "id", name=op.f("pk_break_glass_grant")),
+    )
+    with op.batch_alter_table("break_glass_grant", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_break_glass_grant_tenant_id_user_id_expires_at"),
+            ["tenant_id", "user_id", "expires_at"],
+            unique=False,
+        )
+
+    op.create_table(
         "login_lockout",
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("account", sa.String(length=254), nullable=False),
@@ -126,6 +144,22 @@ def upgrade() -> None:
         sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_failure_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("tenant_id", "account", name=op.f("pk_login_lockout")),
+    )
+    op.create_table(
+        "oauth_client",
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("client_id", sa.String(length=128), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("secret_hash", sa.String(length=256), nullable=True),
+        sa.Column("jwks", sa.JSON(), nullable=True),
+        sa.Column("redirect_uris", sa.JSON(), nullable=False),
+        sa.Column("scope", sa.Text(), nullable=False),
+        sa.Column("territories", sa.JSON(), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(length=64), nullable=True),
+        sa.PrimaryKeyConstraint("tenant_id", "client_id", name=op.f("pk_oauth_client")),
     )
     op.create_table(
         "resource",
@@ -447,6 +481,7 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(length=256), nullable=True),
         sa.Column("must_change_password", sa.Boolean(), nullable=False),
         sa.Column("patient_id", sa.String(length=64), nullable=True),
+        sa.Column("practitioner_id", sa.String(length=64), nullable=True),
         sa.Column("territories", sa.JSON(), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -554,7 +589,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_resource_tenant_id_patient_id"))
 
     op.drop_table("resource")
+    op.drop_table("oauth_client")
     op.drop_table("login_lockout")
+    with op.batch_alter_table("break_glass_grant", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_break_glass_grant_tenant_id_user_id_expires_at"))
+
+    op.drop_table("break_glass_grant")
     with op.batch_alter_table("auth_session", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_auth_session_tenant_id_user_id"))
 
