@@ -25,7 +25,7 @@ from carechart.config import Settings, get_settings
 from carechart.context import AppContext
 from carechart.errors import CarechartError, Issue
 from carechart.fhir.outcome import operation_outcome
-from carechart.fhir.router import build_router, read_route
+from carechart.fhir.router import build_public_router, build_router, read_route
 from carechart.ratelimit import build_limiter, rules_from_settings
 from carechart.ratelimit import install as install_rate_limits
 
@@ -134,6 +134,7 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
     app.state.ctx = context
     # AuditEvent is served from the audit trail, ahead of the generic read route.
     app.include_router(audit_fhir_router)
+    app.include_router(build_public_router(), prefix="/fhir")
     app.router.routes.append(read_route())
     app.include_router(build_router(), prefix="/fhir")
     app.include_router(auth_router)

@@ -105,6 +105,9 @@ def authenticated_principal(request: Request) -> Principal:
 def current_principal(request: Request) -> Principal:
     """The caller of a protected route: 401 without a valid token and live session, 403 while
     the session owes a password change or an MFA enrolment."""
+    verified = getattr(request.state, "current_principal", None)
+    if isinstance(verified, Principal):
+        return verified  # one verification per request
     principal = authenticated_principal(request)
     if CHANGE_PASSWORD_SCOPE in principal.scopes:
         raise PasswordChangeRequired()
@@ -112,6 +115,7 @@ def current_principal(request: Request) -> Principal:
         raise MfaEnrollmentRequired()
     # Per user or client, whichever address it comes from (SECURITY F1).
     enforce_principal(request, principal.subject)
+    request.state.current_principal = principal
     return principal
 
 

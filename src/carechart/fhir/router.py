@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from carechart import jsonio
 from carechart.access.http import request_guard
+from carechart.auth.dependencies import current_principal
 from carechart.context import AppContext
 from carechart.errors import BadRequest, NotFound
 from carechart.fhir import bundles
@@ -98,6 +99,7 @@ async def _in_store(request: Request, write: bool, work: Callable[[SqlResourceSt
 async def read_endpoint(request: Request) -> Response:
     """read (http.html#read). Also mounted as a plain route ahead of the router
     (:func:`read_route`): the hottest interaction skips the framework's parameter handling."""
+    await run_in_threadpool(current_principal, request)
     resource_type: str = request.path_params["resource_type"]
     resource_id: str = request.path_params["resource_id"]
     negotiate(request)
@@ -314,16 +316,28 @@ def _parse_instant(value: str, name: str) -> datetime:
     return moment
 
 
-def build_router(*, include_in_schema: bool = True) -> APIRouter:
-    router = APIRouter(tags=["FHIR R4"], include_in_schema=include_in_schema)
+def build_public_router() -> APIRouter:
+    """The one FHIR route anyone may call (SECURITY B1): what the server supports."""
+    router = APIRouter(tags=["FHIR R4"])
 
     @router.get("/metadata", summary="CapabilityStatement")
     async def metadata(request: Request) -> Response:
         negotiate(request)
         return fhir_response(capability_statement(base_url(request)), pretty=is_pretty(request))
 
-    @router.post("", summary="batch or transaction Bundle")
-    @router.post("/", include_in_schema=False)
+    return router
+
+
+def build_router(*, include_in_schema: bool = True) -> APIRouter:
+    # Every route here needs a verified caller before it reads a byte of the body (B1).
+    protected = APIRouter(
+        tags=["FHIR R4"],
+        include_in_schema=include_in_schema,
+        dependencies=[Depends(current_principal)],
+    )
+
+    @protected.post("", summary="batch or transaction Bundle")
+    @protected.post("/", include_in_schema=False)
     async def batch_or_transaction(request: Request) -> Response:
         negotiate(request)
         body = await _json_body(request)
@@ -344,7 +358,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             result = await run_in_threadpool(run_batch)
         return fhir_response(result, pretty=is_pretty(request))
 
-    @router.get("/_history", summary="system history")
+    @protected.get("/_history", summary="system history")
     async def system_history(request: Request) -> Response:
         negotiate(request)
         since, count, cursor = _history_params(request)
@@ -353,7 +367,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         )
         return fhir_response(_history_bundle(request, page), pretty=is_pretty(request))
 
-    @router.get("/" + TYPE_PATH + "/_history", summary="type history")
+    @protected.get("/" + TYPE_PATH + "/_history", summary="type history")
     async def type_history(request: Request, resource_type: str) -> Response:
         negotiate(request)
         _check_type_syntax(resource_type)
@@ -365,12 +379,12 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         )
         return fhir_response(_history_bundle(request, page), pretty=is_pretty(request))
 
-    @router.get("/Patient/$everything", summary="Patient $everything (all patients)")
+    @protected.get("/Patient/$everything", summary="Patient $everything (all patients)")
     async def everything_all(request: Request) -> Response:
         negotiate(request)
         return await _everything(request, None)
 
-    @router.get("/Patient/{patient_id}/$everything", summary="Patient $everything")
+    @protected.get("/Patient/{patient_id}/$everything", summary="Patient $everything")
     async def everything_one(request: Request, patient_id: str) -> Response:
         negotiate(request)
         _check_id_syntax("Patient", patient_id)
@@ -433,11 +447,11 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
 
     # Read is the hottest route and matching is linear: it comes first after the routes
     # whose literal segments it would otherwise swallow (_history, $everything).
-    @router.get("/" + TYPE_PATH + "/{resource_id}", summary="read")
+    @protected.get("/" + TYPE_PATH + "/{resource_id}", summary="read")
     async def read(request: Request, resource_type: str, resource_id: str) -> Response:
         return await read_endpoint(request)
 
-    @router.post("/" + TYPE_PATH, summary="create (If-None-Exist for conditional create)")
+    @protected.post("/" + TYPE_PATH, summary="create (If-None-Exist for conditional create)")
     async def create(request: Request, resource_type: str) -> Response:
         negotiate(request)
         _check_type_syntax(resource_type)
@@ -466,14 +480,14 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             message=f"created {result.version.location}",
         )
 
-    @router.get("/" + TYPE_PATH, summary="search")
+    @protected.get("/" + TYPE_PATH, summary="search")
     async def search_type(request: Request, resource_type: str) -> Response:
         negotiate(request)
         _check_type_syntax(resource_type)
         params = list(request.query_params.multi_items())
         return await _search(request, resource_type, params)
 
-    @router.post("/" + TYPE_PATH + "/_search", summary="search (form POST)")
+    @protected.post("/" + TYPE_PATH + "/_search", summary="search (form POST)")
     async def search_post(request: Request, resource_type: str) -> Response:
         negotiate(request)
         _check_type_syntax(resource_type)
@@ -651,7 +665,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             "entry": entries,
         }
 
-    @router.put("/" + TYPE_PATH, summary="conditional update")
+    @protected.put("/" + TYPE_PATH, summary="conditional update")
     async def conditional_update(request: Request, resource_type: str) -> Response:
         negotiate(request)
         _check_type_syntax(resource_type)
@@ -671,7 +685,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             message=f"{'created' if result.created else 'updated'} {result.version.location}",
         )
 
-    @router.delete("/" + TYPE_PATH, summary="conditional delete")
+    @protected.delete("/" + TYPE_PATH, summary="conditional delete")
     async def conditional_delete(request: Request, resource_type: str) -> Response:
         negotiate(request)
         _check_type_syntax(resource_type)
@@ -681,7 +695,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         )
         return fhir_response(information(f"deleted {deleted} resource(s)"), status=200)
 
-    @router.put("/" + TYPE_PATH + "/{resource_id}", summary="update (create-on-update allowed)")
+    @protected.put("/" + TYPE_PATH + "/{resource_id}", summary="update (create-on-update allowed)")
     async def update(request: Request, resource_type: str, resource_id: str) -> Response:
         negotiate(request)
         _check_type_syntax(resource_type)
@@ -698,7 +712,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             message=f"{'created' if result.created else 'updated'} {result.version.location}",
         )
 
-    @router.patch("/" + TYPE_PATH + "/{resource_id}", summary="patch (JSON Patch)")
+    @protected.patch("/" + TYPE_PATH + "/{resource_id}", summary="patch (JSON Patch)")
     async def patch(request: Request, resource_type: str, resource_id: str) -> Response:
         negotiate(request)
         _check_type_syntax(resource_type)
@@ -722,7 +736,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             message=f"patched {result.version.location}",
         )
 
-    @router.delete("/" + TYPE_PATH + "/{resource_id}", summary="delete (logical)")
+    @protected.delete("/" + TYPE_PATH + "/{resource_id}", summary="delete (logical)")
     async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
         negotiate(request)
         _check_type_syntax(resource_type)
@@ -731,7 +745,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         headers = {"ETag": version.etag} if version is not None else {}
         return Response(status_code=204, headers=headers)
 
-    @router.get("/" + TYPE_PATH + "/{resource_id}/_history", summary="instance history")
+    @protected.get("/" + TYPE_PATH + "/{resource_id}/_history", summary="instance history")
     async def instance_history(request: Request, resource_type: str, resource_id: str) -> Response:
         negotiate(request)
         _check_type_syntax(resource_type)
@@ -747,7 +761,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
         return fhir_response(_history_bundle(request, page), pretty=is_pretty(request))
 
     # After instance history, which also has three segments.
-    @router.get("/Patient/{patient_id}/{resource_type}", summary="Patient compartment search")
+    @protected.get("/Patient/{patient_id}/{resource_type}", summary="Patient compartment search")
     async def compartment_search(request: Request, patient_id: str, resource_type: str) -> Response:
         negotiate(request)
         _check_id_syntax("Patient", patient_id)
@@ -761,7 +775,7 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             request, resource_type, list(request.query_params.multi_items()), compartment=patient_id
         )
 
-    @router.get("/" + TYPE_PATH + "/{resource_id}/_history/{version_id}", summary="vread")
+    @protected.get("/" + TYPE_PATH + "/{resource_id}/_history/{version_id}", summary="vread")
     async def vread(
         request: Request, resource_type: str, resource_id: str, version_id: str
     ) -> Response:
@@ -775,4 +789,4 @@ def build_router(*, include_in_schema: bool = True) -> APIRouter:
             version.body, headers=version_headers(version), pretty=is_pretty(request)
         )
 
-    return router
+    return protected

@@ -289,6 +289,15 @@ class SqlResourceStore:
             raise Forbidden(f"you may not {action} this {resource_type}")
         guard.record(action, resource_type, resource_id, patient)
 
+    def _require(self, resource_type: str, letters: str, action: str) -> None:
+        """Type-level permission, checked before the body is even looked at: a caller who may
+        not write this type at all learns nothing from validation messages."""
+        guard = self.guard
+        if guard is None or any(guard.allows(resource_type, letter) for letter in letters):
+            return
+        guard.record(action, resource_type, None, None, "denied")
+        raise Forbidden(f"you may not {action} {resource_type} resources")
+
     def _restriction(self) -> Restriction | None:
         guard = self.guard
         if guard is None:
@@ -523,6 +532,7 @@ class SqlResourceStore:
     ) -> WriteResult:
         """create (http.html#create): the server assigns the id; a client id is ignored."""
         self.check_type(resource_type)
+        self._require(resource_type, "c", "create")
         self._check_body(resource_type, body)
         # Ids come from the server (a fresh UUID here, or one the transaction processor drew
         # the same way), so the insert cannot collide and may be batched.
@@ -582,6 +592,7 @@ class SqlResourceStore:
     ) -> WriteResult:
         """update (http.html#update), with create-on-update for a new client-chosen id."""
         self.check_type(resource_type)
+        self._require(resource_type, "uc", action or "update")
         if not ID_PATTERN.fullmatch(resource_id):
             raise BadRequest(f"{resource_id!r} is not a valid resource id")
         if not isinstance(body, dict):
@@ -650,6 +661,7 @@ class SqlResourceStore:
     ) -> WriteResult:
         """patch with JSON Patch (http.html#patch, RFC 6902)."""
         self.check_type(resource_type)
+        self._require(resource_type, "u", "patch")
         if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
             raise BadRequest("a JSON Patch body must be an array of operation objects")
         current = self.read(resource_type, resource_id, action="patch")
@@ -685,6 +697,7 @@ class SqlResourceStore:
         Deleting a resource that is already deleted changes nothing (idempotent).
         """
         self.check_type(resource_type)
+        self._require(resource_type, "d", "delete")
         current = self._current_row(resource_type, resource_id, lock=True)
         if current is None or (
             self.guard is not None and not self.guard.admits(resource_type, current.patient_id, "r")
