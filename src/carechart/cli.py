@@ -79,6 +79,34 @@ def db_upgrade() -> None:
     console.print("database schema is up to date")
 
 
+@db_app.command("create-app-role")
+def db_create_app_role(
+    name: Annotated[str, typer.Option(help="Role name (lower-case letters, digits, _).")] = (
+        "carechart_app"
+    ),
+) -> None:
+    """PostgreSQL: create the role the server should run as (may not alter the audit trail).
+
+    Run with the owner's CARECHART_DATABASE_URL after `db upgrade`; then serve with a URL
+    for this role. Set its password with CARECHART_APP_ROLE_PASSWORD (never on the command
+    line, where it would land in shell history)."""
+    import os
+
+    from carechart.db.engine import make_engine
+    from carechart.db.roles import create_app_role
+    from carechart.errors import CarechartError
+
+    engine = make_engine(get_settings().effective_database_url)
+    try:
+        create_app_role(engine, name, os.environ.get("CARECHART_APP_ROLE_PASSWORD"))
+    except CarechartError as error:
+        console.print(f"[red]{error.message}")
+        raise typer.Exit(code=2) from None
+    finally:
+        engine.dispose()
+    console.print(f"role {name}: data tables read/write, audit_event SELECT and INSERT only")
+
+
 def _tenants(ctx: object, tenant: str | None, all_tenants: bool) -> list[str]:
     from carechart.context import AppContext
 
