@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from carechart import __version__, jsonio
 from carechart.access.endpoints import router as access_router
 from carechart.audit.endpoints import router as audit_router
+from carechart.auth.dependencies import current_principal
 from carechart.audit.fhir import fhir_router as audit_fhir_router
 from carechart.auth.endpoints import router as auth_router
 from carechart.auth.endpoints import well_known_router
@@ -128,8 +130,10 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
         title="Carechart",
         version=__version__,
         description="FHIR R4 electronic health records server.",
-        docs_url="/docs",
+        # Served below behind a token: only the routes of SECURITY B1 answer anonymously.
+        docs_url=None,
         redoc_url=None,
+        openapi_url=None,
     )
     app.state.ctx = context
     # AuditEvent is served from the audit trail, ahead of the generic read route.
@@ -147,6 +151,14 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
     app.add_middleware(
         install_rate_limits(app, build_limiter(settings), rules_from_settings(settings))
     )
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(current_principal)])
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(current_principal)])
+    async def api_docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Carechart API")
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:

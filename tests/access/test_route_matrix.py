@@ -86,10 +86,10 @@ BATCH = {
 }
 
 CASES: dict[tuple[str, str], Case] = {
-    # Public: documentation, capabilities, keys, health.
-    ("GET", "/openapi.json"): Case("GET", "/openapi.json", {}, 200, public=True),
-    ("GET", "/docs"): Case("GET", "/docs", {}, 200, public=True),
-    ("GET", "/docs/oauth2-redirect"): Case("GET", "/docs/oauth2-redirect", {}, 200, public=True),
+    # The API description: any signed-in caller (it holds no data, but B1 lists no more).
+    ("GET", "/openapi.json"): Case("GET", "/openapi.json", by_role(200), 200),
+    ("GET", "/docs"): Case("GET", "/docs", by_role(200), 200),
+    # Public: capabilities, keys, health.
     ("GET", "/fhir/metadata"): Case("GET", "/fhir/metadata", {}, 200, public=True),
     ("GET", "/.well-known/jwks.json"): Case("GET", "/.well-known/jwks.json", {}, 200, public=True),
     ("GET", "/health"): Case("GET", "/health", {}, 200, public=True),
