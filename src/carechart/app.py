@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from carechart import __version__, jsonio
 from carechart.access.endpoints import router as access_router
 from carechart.audit.endpoints import router as audit_router
-from carechart.auth.dependencies import current_principal
 from carechart.audit.fhir import fhir_router as audit_fhir_router
+from carechart.auth.dependencies import current_principal
 from carechart.auth.endpoints import router as auth_router
 from carechart.auth.endpoints import well_known_router
 from carechart.config import Settings, get_settings
