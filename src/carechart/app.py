@@ -23,6 +23,8 @@ from carechart.audit.fhir import fhir_router as audit_fhir_router
 from carechart.auth.dependencies import current_principal
 from carechart.auth.endpoints import router as auth_router
 from carechart.auth.endpoints import well_known_router
+from carechart.auth.smart import discovery_router as smart_discovery_router
+from carechart.auth.smart import router as smart_router
 from carechart.config import Settings, get_settings
 from carechart.context import AppContext
 from carechart.errors import CarechartError, Issue
@@ -136,7 +138,9 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
         openapi_url=None,
     )
     app.state.ctx = context
-    # AuditEvent is served from the audit trail, ahead of the generic read route.
+    # Ahead of the generic FHIR read route, which would take these paths for /{type}/{id}:
+    # SMART discovery under the FHIR base, and AuditEvent served from the audit trail.
+    app.include_router(smart_discovery_router)
     app.include_router(audit_fhir_router)
     app.include_router(build_public_router(), prefix="/fhir")
     app.router.routes.append(read_route())
@@ -144,6 +148,7 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
     app.include_router(auth_router)
     app.include_router(access_router)
     app.include_router(audit_router)
+    app.include_router(smart_router)
     app.include_router(well_known_router)
     app.add_middleware(NoStoreMiddleware)
     app.add_middleware(FhirAliasMiddleware)

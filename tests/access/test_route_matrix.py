@@ -268,6 +268,68 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/access/break-glass"): Case(
         "GET", "/api/v1/access/break-glass", AUDITORS_ONLY, 403
     ),
+    # SMART on FHIR: discovery and the OAuth endpoints are public (they authenticate the
+    # client or the user themselves); client management is for administrators.
+    ("GET", "/.well-known/smart-configuration"): Case(
+        "GET", "/.well-known/smart-configuration", {}, 200, public=True
+    ),
+    ("GET", "/fhir/.well-known/smart-configuration"): Case(
+        "GET", "/fhir/.well-known/smart-configuration", {}, 200, public=True
+    ),
+    ("GET", "/oauth2/authorize"): Case("GET", "/oauth2/authorize", {}, 400, public=True),
+    ("POST", "/oauth2/authorize"): Case(
+        "POST",
+        "/oauth2/authorize",
+        {},
+        400,
+        public=True,
+        content_type="application/x-www-form-urlencoded",
+        form={"client_id": "nobody", "email": "x@y.example", "password": "whatever"},
+    ),
+    ("POST", "/oauth2/token"): Case(
+        "POST",
+        "/oauth2/token",
+        {},
+        401,
+        public=True,
+        content_type="application/x-www-form-urlencoded",
+        form={"grant_type": "refresh_token", "client_id": "nobody", "refresh_token": "x"},
+    ),
+    ("POST", "/oauth2/introspect"): Case(
+        "POST",
+        "/oauth2/introspect",
+        by_role(403, admin=200),
+        403,
+        content_type="application/x-www-form-urlencoded",
+        form={"token": "not-a-token"},
+    ),
+    ("POST", "/api/v1/smart/clients"): Case(
+        "POST",
+        "/api/v1/smart/clients",
+        by_role(403, admin=201),
+        403,
+        body={
+            "name": "App {n}",
+            "kind": "public",
+            "redirect_uris": ["http://localhost/cb"],
+            "scope": "launch/patient patient/*.rs",
+        },
+        content_type="application/json",
+    ),
+    ("GET", "/api/v1/smart/clients"): Case(
+        "GET", "/api/v1/smart/clients", by_role(403, admin=200), 403
+    ),
+    ("DELETE", "/api/v1/smart/clients/{client_id}"): Case(
+        "DELETE", "/api/v1/smart/clients/nobody", by_role(403, admin=404), 403
+    ),
+    ("POST", "/api/v1/smart/launch"): Case(
+        "POST",
+        "/api/v1/smart/launch",
+        by_role(403, physician=201, nurse=201, other_physician=404, other_territory=404),
+        403,
+        body={"patient_id": "p1"},
+        content_type="application/json",
+    ),
     # Audit reports: auditors only.
     ("GET", "/api/v1/audit/events"): Case("GET", "/api/v1/audit/events", AUDITORS_ONLY, 403),
     ("GET", "/api/v1/audit/patients/{patient_id}"): Case(

@@ -29,7 +29,8 @@ from carechart.db.engine import unit_of_work
 
 def _start(engine: Engine, tenant: str, now: datetime, user: str = "u-1") -> IssuedRefresh:
     with unit_of_work(engine, write=True) as conn:
-        return start_session(conn, tenant=tenant, user_id=user, client_id="web", now=now)
+        # A first-party sign-in: no OAuth client (SMART sessions carry theirs).
+        return start_session(conn, tenant=tenant, user_id=user, client_id=None, now=now)
 
 
 def _rotate(

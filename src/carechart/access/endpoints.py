@@ -53,7 +53,11 @@ async def open_break_glass(body: BreakGlassRequest, request: Request) -> BreakGl
         guard = request_guard(request, write=True)
         principal = guard.principal
         ctx = context_of(request.app)
-        if principal.role not in BREAK_GLASS_ROLES or principal.user_id is None:
+        if (
+            principal.role not in BREAK_GLASS_ROLES
+            or principal.user_id is None
+            or principal.client_id is not None  # an app acting for the clinician
+        ):
             ctx.audit(guard.tenant, [_record(guard, "denied", body.patient_id)])
             raise Forbidden("break-glass is for physicians and nurses")
         now = datetime.now(UTC)

@@ -119,6 +119,22 @@ def current_principal(request: Request) -> Principal:
     return principal
 
 
+def first_party(principal: Principal) -> Principal:
+    """Refuse an app acting for a user: account, MFA and break-glass routes are for the person
+    at the keyboard, whatever scopes an app was granted (SECURITY B7)."""
+    if principal.client_id is not None:
+        raise Forbidden("this route takes a first-party session, not an app's token")
+    return principal
+
+
+def first_party_session(request: Request) -> Principal:
+    return first_party(authenticated_principal(request))
+
+
+def first_party_principal(request: Request) -> Principal:
+    return first_party(current_principal(request))
+
+
 def mfa_principal(request: Request) -> Principal:
     """For administrative operations (SECURITY A5): the session must have passed TOTP."""
     principal = current_principal(request)

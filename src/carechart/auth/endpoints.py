@@ -18,7 +18,9 @@ from carechart.auth.config import components_of, context_of
 from carechart.auth.dependencies import (
     authenticated_principal,
     client_info,
-    current_principal,
+    first_party,
+    first_party_principal,
+    first_party_session,
     identity_service,
 )
 from carechart.auth.errors import PasswordChangeRequired
@@ -43,8 +45,10 @@ from carechart.db.engine import unit_of_work
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 well_known_router = APIRouter(tags=["auth"])
 
-AnySession = Annotated[Principal, Depends(authenticated_principal)]
-FullSession = Annotated[Principal, Depends(current_principal)]
+# Apps acting for a user may end their session, nothing else here.
+AnySession = Annotated[Principal, Depends(first_party_session)]
+FullSession = Annotated[Principal, Depends(first_party_principal)]
+AppOrSession = Annotated[Principal, Depends(authenticated_principal)]
 
 
 def _throttle(request: Request, route: str) -> None:
@@ -101,7 +105,7 @@ def verify_mfa(body: MfaVerifyRequest, request: Request) -> TokenResponse:
         with identity_service(request) as service:
             outcome = service.complete_mfa(body.mfa_ticket, body.code, client_info(request))
         return _token_response(outcome.result())
-    principal = authenticated_principal(request)
+    principal = first_party(authenticated_principal(request))
     if CHANGE_PASSWORD_SCOPE in principal.scopes:
         raise PasswordChangeRequired()
     with identity_service(request) as service:
@@ -130,7 +134,7 @@ def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
 
 
 @router.post("/logout", status_code=204, response_class=Response)
-def logout(principal: AnySession, request: Request) -> Response:
+def logout(principal: AppOrSession, request: Request) -> Response:
     """End the session on the server: its access and refresh tokens stop working at once."""
     with identity_service(request) as service:
         service.logout(principal, client_info(request))

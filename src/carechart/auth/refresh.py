@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from carechart.auth.errors import Unauthorized
 from carechart.db.auth_schema import as_utc, auth_session, refresh_token
 
-Refusal = Literal["unknown", "reused", "revoked", "idle", "expired"]
+Refusal = Literal["unknown", "reused", "revoked", "idle", "expired", "wrong-client"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +136,13 @@ def rotate_refresh_token(
     presented: str,
     now: datetime,
     policy: SessionPolicy = SessionPolicy(),
+    client_id: str | None = None,
 ) -> RefreshResult:
-    """Exchange a refresh token for its successor, or refuse (see the module docstring)."""
+    """Exchange a refresh token for its successor, or refuse (see the module docstring).
+
+    ``client_id``: the OAuth client presenting it (None: the first-party sign-in). A token is
+    only ever exchanged by the client it was issued to, so an app's refresh token cannot be
+    turned into a full first-party session (SECURITY B7)."""
     s, r = auth_session, refresh_token
     row = conn.execute(
         sa.select(
@@ -149,6 +154,7 @@ def rotate_refresh_token(
             s.c.created_at,
             s.c.last_active_at,
             s.c.revoked_at,
+            s.c.client_id,
         )
         .join(s, s.c.session_id == r.c.session_id)
         .where(
@@ -161,6 +167,8 @@ def rotate_refresh_token(
         return RefreshResult(None, "unknown")
     if row.revoked_at is not None:
         return RefreshResult(None, "revoked")
+    if row.client_id != client_id:
+        return RefreshResult(None, "wrong-client")
     # Mark used only if still unused: of two concurrent exchanges of the same token exactly
     # one wins, and the other is treated as the reuse it is.
     claimed = conn.execute(

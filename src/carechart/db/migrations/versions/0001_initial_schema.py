@@ -443,6 +443,71 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "smart_assertion_jti",
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("client_id", sa.String(length=128), nullable=False),
+        sa.Column("jti_hash", sa.String(length=64), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "tenant_id", "client_id", "jti_hash", name=op.f("pk_smart_assertion_jti")
+        ),
+    )
+    with op.batch_alter_table("smart_assertion_jti", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_smart_assertion_jti_expires_at"), ["expires_at"], unique=False
+        )
+
+    op.create_table(
+        "smart_authorization_code",
+        sa.Column("code_hash", sa.String(length=64), nullable=False),
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("client_id", sa.String(length=128), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("session_id", sa.String(length=64), nullable=False),
+        sa.Column("redirect_uri", sa.Text(), nullable=False),
+        sa.Column("scope", sa.Text(), nullable=False),
+        sa.Column("code_challenge", sa.String(length=64), nullable=False),
+        sa.Column("patient_id", sa.String(length=64), nullable=True),
+        sa.Column("sealed_refresh", sa.LargeBinary(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("code_hash", name=op.f("pk_smart_authorization_code")),
+    )
+    with op.batch_alter_table("smart_authorization_code", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_smart_authorization_code_expires_at"), ["expires_at"], unique=False
+        )
+
+    op.create_table(
+        "smart_launch_context",
+        sa.Column("launch_hash", sa.String(length=64), nullable=False),
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("patient_id", sa.String(length=64), nullable=False),
+        sa.Column("client_id", sa.String(length=128), nullable=True),
+        sa.Column("created_by", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("launch_hash", name=op.f("pk_smart_launch_context")),
+    )
+    with op.batch_alter_table("smart_launch_context", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_smart_launch_context_expires_at"), ["expires_at"], unique=False
+        )
+
+    op.create_table(
+        "smart_session_context",
+        sa.Column("session_id", sa.String(length=64), nullable=False),
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("client_id", sa.String(length=128), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("scope", sa.Text(), nullable=False),
+        sa.Column("patient_id", sa.String(length=64), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("session_id", name=op.f("pk_smart_session_context")),
+    )
+    op.create_table(
         "tenant_key",
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
@@ -528,6 +593,19 @@ def downgrade() -> None:
     op.drop_table("totp_credential")
     op.drop_table("token_signing_key")
     op.drop_table("tenant_key")
+    op.drop_table("smart_session_context")
+    with op.batch_alter_table("smart_launch_context", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_smart_launch_context_expires_at"))
+
+    op.drop_table("smart_launch_context")
+    with op.batch_alter_table("smart_authorization_code", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_smart_authorization_code_expires_at"))
+
+    op.drop_table("smart_authorization_code")
+    with op.batch_alter_table("smart_assertion_jti", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_smart_assertion_jti_expires_at"))
+
+    op.drop_table("smart_assertion_jti")
     with op.batch_alter_table("search_uri", schema=None) as batch_op:
         batch_op.drop_index("ix_suri_value", postgresql_ops={"uri": "text_pattern_ops"})
         batch_op.drop_index("ix_suri_owner")
