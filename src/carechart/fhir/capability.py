@@ -55,6 +55,42 @@ def _resources() -> list[dict[str, Any]]:
     return resources
 
 
+def _server_root(base: str) -> str:
+    for suffix in ("/api/v1/fhir", "/fhir"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def _security(base: str) -> dict[str, Any]:
+    """SMART on FHIR (App Launch v2, conformance.html): the service code and, for clients
+    that still read them here rather than from .well-known/smart-configuration, the
+    oauth-uris extension."""
+    root = _server_root(base)
+    return {
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ]
+            }
+        ],
+        "extension": [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [
+                    {"url": "authorize", "valueUri": f"{root}/oauth2/authorize"},
+                    {"url": "token", "valueUri": f"{root}/oauth2/token"},
+                    {"url": "introspect", "valueUri": f"{root}/oauth2/introspect"},
+                ],
+            }
+        ],
+    }
+
+
 def capability_statement(base: str) -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
@@ -70,6 +106,7 @@ def capability_statement(base: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
+                "security": _security(base),
                 "resource": _resources(),
                 "operation": [
                     {
