@@ -30,6 +30,7 @@ from carechart.context import AppContext
 from carechart.errors import CarechartError, Issue
 from carechart.fhir.outcome import operation_outcome
 from carechart.fhir.router import build_public_router, build_router, read_route
+from carechart.integrations.hl7v2.endpoints import router as hl7_router
 from carechart.ratelimit import build_limiter, rules_from_settings
 from carechart.ratelimit import install as install_rate_limits
 
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
     app.include_router(access_router)
     app.include_router(audit_router)
     app.include_router(smart_router)
+    app.include_router(hl7_router)
     app.include_router(well_known_router)
     app.add_middleware(NoStoreMiddleware)
     app.add_middleware(FhirAliasMiddleware)

@@ -10,6 +10,7 @@ from rich.console import Console
 from carechart.audit.cli import audit_app
 from carechart.auth.cli import users_app
 from carechart.config import get_settings
+from carechart.integrations.hl7v2.cli import hl7_app, start_listener_thread
 
 app = typer.Typer(
     help="Carechart: a FHIR R4 electronic health records server.", no_args_is_help=True
@@ -20,6 +21,7 @@ app.add_typer(users_app, name="users")
 search_app = typer.Typer(help="Search index maintenance.", no_args_is_help=True)
 app.add_typer(search_app, name="search")
 app.add_typer(audit_app, name="audit")
+app.add_typer(hl7_app, name="hl7")
 console = Console(stderr=True)
 
 
@@ -47,14 +49,19 @@ def serve(
     ctx.keyring.active(settings.default_tenant)
     ctx.engine.dispose()
     console.print(f"Carechart serving on http://{host}:{port}  (FHIR at /fhir, API docs at /docs)")
-    uvicorn.run(
-        "carechart.asgi:app",
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-        access_log=False,
-    )
+    listener = start_listener_thread(settings)  # MLLP, when CARECHART_HL7_PORT is set
+    try:
+        uvicorn.run(
+            "carechart.asgi:app",
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        if listener is not None:
+            listener.stop()
 
 
 def _is_loopback(host: str) -> bool:

@@ -330,6 +330,10 @@ CASES: dict[tuple[str, str], Case] = {
         body={"patient_id": "p1"},
         content_type="application/json",
     ),
+    # HL7 v2 over HTTP: for interface clients (backend services) only.
+    ("POST", "/api/v1/hl7"): Case(
+        "POST", "/api/v1/hl7", by_role(403), 403, content_type="application/hl7-v2"
+    ),
     # Audit reports: auditors only.
     ("GET", "/api/v1/audit/events"): Case("GET", "/api/v1/audit/events", AUDITORS_ONLY, 403),
     ("GET", "/api/v1/audit/patients/{patient_id}"): Case(

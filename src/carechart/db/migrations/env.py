@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 import carechart.db.auth_schema
+import carechart.db.integration_schema
 import carechart.db.search_schema
 import carechart.db.smart_schema  # noqa: F401  (SMART authorization codes, launches, jti)
 from carechart.db.schema import metadata

@@ -25,16 +25,41 @@ class TransactionBuilder:
     def __init__(self, id_factory: Callable[[], str] = new_uuid) -> None:
         self._id_factory = id_factory
         self.entries: list[JSON] = []
+        # (method, type, query) -> fullUrl of the entry already holding that condition.
+        self._conditional: dict[tuple[str, str, str], str] = {}
+
+    def _entry(self, resource: JSON, request: JSON) -> str:
+        full_url = f"urn:uuid:{self._id_factory()}"
+        self.entries.append({"fullUrl": full_url, "resource": resource, "request": request})
+        return full_url
 
     def add(self, resource: JSON, *, if_none_exist: str | None = None) -> str:
         """Add ``resource`` as a POST entry; return the ``urn:uuid:`` reference to it."""
-        full_url = f"urn:uuid:{self._id_factory()}"
-        request: JSON = {"method": "POST", "url": resource["resourceType"]}
+        rtype = resource["resourceType"]
+        request: JSON = {"method": "POST", "url": rtype}
         if if_none_exist:
             # Conditional create (http.html#ccreate): the patient of a second message
             # from the same sender resolves to the same Patient instead of a duplicate.
+            # The same condition twice in one message (a PID repeated per order group)
+            # must be one entry: two would both find nothing and create two patients.
+            key = ("POST", rtype, if_none_exist)
+            if key in self._conditional:
+                return self._conditional[key]
             request["ifNoneExist"] = if_none_exist
-        self.entries.append({"fullUrl": full_url, "resource": resource, "request": request})
+            full_url = self._entry(resource, request)
+            self._conditional[key] = full_url
+            return full_url
+        return self._entry(resource, request)
+
+    def put(self, resource: JSON, query: str) -> str:
+        """Add ``resource`` as a conditional update (http.html#cond-update): it replaces
+        the one resource matching ``query``, or is created when none does."""
+        rtype = resource["resourceType"]
+        key = ("PUT", rtype, query)
+        if key in self._conditional:
+            return self._conditional[key]
+        full_url = self._entry(resource, {"method": "PUT", "url": f"{rtype}?{query}"})
+        self._conditional[key] = full_url
         return full_url
 
     def resources(self, resource_type: str) -> list[JSON]:

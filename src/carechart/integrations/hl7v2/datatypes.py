@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import quote
 
 from carechart.integrations.hl7v2.errors import REQUIRED_FIELD_MISSING, Hl7DataError
 from carechart.integrations.hl7v2.parser import Repetition, Segment
@@ -175,19 +176,37 @@ def decimal_value(value: str, segment: Segment, field: int) -> Decimal:
         ) from exc
 
 
-def identifier(rep: Repetition) -> JSON | None:
-    """CX: ID (1), assigning authority HD (4), identifier type code (5, table 0203)."""
+# Identifier systems this server mints for assigning authorities that carry no universal id
+# (an OID or URI): ``urn:carechart:hl7v2:<scope>[:<namespace>]``. The scope is the sending
+# facility, because a bare namespace ("MRN", "H") or no authority at all means nothing
+# outside the interface that sent it: two hospitals' "MRN 1234" are different patients.
+LOCAL_SYSTEM_PREFIX = "urn:carechart:hl7v2:"
+
+
+def local_system(scope: str, namespace: str = "") -> str:
+    """The minted system for identifiers assigned by ``namespace`` within ``scope``."""
+    system = LOCAL_SYSTEM_PREFIX + quote(scope, safe=".-_")
+    return f"{system}:{quote(namespace, safe='.-_')}" if namespace else system
+
+
+def identifier(rep: Repetition, *, scope: str | None = None) -> JSON | None:
+    """CX: ID (1), assigning authority HD (4), identifier type code (5, table 0203).
+
+    ``scope`` (the sending facility) gives identifiers without a universal assigning
+    authority a system of their own (:func:`local_system`), so that matching on
+    system and value (patient MRNs, visit numbers) never joins two senders' records.
+    """
     value = rep.component(1)
     if not value:
         return None
     ident: JSON = {"value": value}
     namespace, universal, universal_type = (rep.component(4, i) for i in (1, 2, 3))
-    if universal and universal_type.upper() in ("ISO", ""):
-        ident["system"] = f"urn:oid:{universal}" if universal[:1].isdigit() else universal
-    elif universal and universal_type.upper() in ("URI", "URL"):
+    if universal and universal_type.upper() in ("URI", "URL"):
         ident["system"] = universal
     elif universal:
         ident["system"] = f"urn:oid:{universal}" if universal[:1].isdigit() else universal
+    elif scope is not None:
+        ident["system"] = local_system(scope, namespace)
     if namespace or universal:
         ident["assigner"] = {"display": namespace or universal}
     type_code = rep.component(5)
@@ -198,6 +217,23 @@ def identifier(rep: Repetition) -> JSON | None:
             ]
         }
     return ident
+
+
+def token_query(parameter: str, ident: JSON) -> str:
+    """A search query matching ``ident`` exactly: ``parameter=system|value``, escaped per
+    FHIR search section 3.1.1.4 (``\\ | , $``) and then URL-encoded, so an MRN holding
+    ``&`` or ``|`` cannot change the query's meaning."""
+
+    def escape(text: str) -> str:
+        out = text.replace("\\", "\\\\")
+        for ch in "|,$":
+            out = out.replace(ch, "\\" + ch)
+        return out
+
+    value = escape(str(ident["value"]))
+    system = ident.get("system")
+    token = f"{escape(str(system))}|{value}" if system else value
+    return f"{parameter}={quote(token, safe=':/|')}"
 
 
 def entity_identifier(rep: Repetition) -> JSON | None:

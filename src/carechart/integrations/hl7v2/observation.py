@@ -25,7 +25,7 @@ from carechart.integrations.hl7v2.datatypes import (
 from carechart.integrations.hl7v2.errors import DATA_TYPE_ERROR, Hl7DataError
 from carechart.integrations.hl7v2.parser import Repetition, Segment
 from carechart.labs.critical_limits import LabLimits
-from carechart.labs.flagging import DISPLAY, INTERPRETATION_SYSTEM, interpret
+from carechart.labs.flagging import CRITICAL, DISPLAY, INTERPRETATION_SYSTEM, interpret
 from carechart.labs.reference_ranges import parse_reference_range
 from carechart.labs.units import is_known_unit, normalize_unit
 
@@ -144,6 +144,31 @@ def value_of(obx: Segment) -> tuple[str | None, object, Decimal | str | None]:
     # human-readable text keeps the information without inventing structure.
     text = " ".join(c for c in first.components() if c)
     return ("valueString", text, None) if text else (None, None, None)
+
+
+# Interpretation codes that mean "outside the normal range" (an abnormal result), and the
+# critical ones among them (labs.flagging.CRITICAL): what a lab-result event flags.
+ABNORMAL_INTERPRETATIONS = frozenset(
+    {"L", "H", "LL", "HH", "A", "AA", "<", ">", "LU", "HU", "LX", "HX", "EX", "POS", "DET", "RR"}
+)
+
+
+def is_abnormal(observation: JSON) -> bool:
+    return bool(interpretation_codes(observation) & ABNORMAL_INTERPRETATIONS)
+
+
+def is_critical(observation: JSON) -> bool:
+    return bool(interpretation_codes(observation) & CRITICAL)
+
+
+def interpretation_codes(observation: JSON) -> set[str]:
+    """The ObservationInterpretation codes an Observation carries."""
+    return {
+        str(coding["code"])
+        for concept in observation.get("interpretation", [])
+        for coding in concept.get("coding", [])
+        if coding.get("system") == INTERPRETATION_SYSTEM and coding.get("code")
+    }
 
 
 def _loinc_code(code: JSON | None) -> str | None:

@@ -19,7 +19,7 @@ from carechart.integrations.hl7v2.errors import SEGMENT_SEQUENCE_ERROR, Hl7DataE
 from carechart.integrations.hl7v2.observation import observation_from_obx
 from carechart.integrations.hl7v2.oru import _identifiers, _specimen, note_text
 from carechart.integrations.hl7v2.parser import Message, Segment
-from carechart.integrations.hl7v2.patient import patient_from_pid
+from carechart.integrations.hl7v2.patient import patient_from_pid, sender_scope
 from carechart.labs.critical_limits import LabLimits
 
 # ORC-1 order control (table 0119) -> ServiceRequest.status, v2-to-FHIR "table-0119".
@@ -78,6 +78,7 @@ def map_order(
 ) -> MappingResult:
     """Map ORM^O01 / OML^O21; raise ``Hl7DataError`` on bad content."""
     builder = TransactionBuilder(id_factory)
+    scope = sender_scope(message)
     warnings: list[AckError] = []
     subject: str | None = None
     orc: Segment | None = None
@@ -86,7 +87,7 @@ def map_order(
     requests = 0
     for seg in message.segments[1:]:
         if seg.name == "PID":
-            patient, query = patient_from_pid(seg, warnings)
+            patient, query = patient_from_pid(seg, warnings, scope=scope)
             subject = builder.add(patient, if_none_exist=query)
         elif seg.name == "ORC":
             orc = seg

@@ -28,7 +28,7 @@ from carechart.integrations.hl7v2.datatypes import (
 from carechart.integrations.hl7v2.errors import SEGMENT_SEQUENCE_ERROR, Hl7DataError
 from carechart.integrations.hl7v2.observation import observation_from_obx
 from carechart.integrations.hl7v2.parser import Message, Segment
-from carechart.integrations.hl7v2.patient import patient_from_pid
+from carechart.integrations.hl7v2.patient import patient_from_pid, sender_scope
 from carechart.labs.critical_limits import LabLimits, load_critical_limits
 
 # HL7 table 0123 -> DiagnosticReport.status (v2-to-FHIR ConceptMap "table-0123").
@@ -180,6 +180,7 @@ def map_oru_r01(
     """Map an ORU^R01 to a transaction Bundle; raise ``Hl7DataError`` on bad content."""
     table = load_critical_limits() if limits is None else limits
     builder = TransactionBuilder(id_factory)
+    scope = sender_scope(message)
     warnings: list[AckError] = []
     subject: str | None = None
     orc: Segment | None = None
@@ -191,7 +192,7 @@ def map_oru_r01(
     for seg in message.segments[1:]:
         name = seg.name
         if name == "PID":
-            patient, query = patient_from_pid(seg, warnings)
+            patient, query = patient_from_pid(seg, warnings, scope=scope)
             subject = builder.add(patient, if_none_exist=query)
             group, orc, last, last_kind = None, None, None, ""
         elif name == "ORC":

@@ -137,6 +137,39 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "event_consumption",
+        sa.Column("consumer", sa.String(length=128), nullable=False),
+        sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("consumer", "event_id", name=op.f("pk_event_consumption")),
+    )
+    op.create_table(
+        "hl7_message_log",
+        sa.Column(
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("sender", sa.String(length=255), nullable=False),
+        sa.Column("control_id", sa.String(length=199), nullable=False),
+        sa.Column("message_type", sa.String(length=16), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ack_code", sa.String(length=2), nullable=False),
+        sa.Column("ack", sa.Text(), nullable=False),
+        sa.Column("digest", sa.String(length=64), nullable=False),
+        sa.Column("resources", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("seq", name=op.f("pk_hl7_message_log")),
+        sa.UniqueConstraint(
+            "tenant_id",
+            "sender",
+            "control_id",
+            name=op.f("uq_hl7_message_log_tenant_id_sender_control_id"),
+        ),
+    )
+    op.create_table(
         "login_lockout",
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("account", sa.String(length=254), nullable=False),
@@ -161,6 +194,25 @@ def upgrade() -> None:
         sa.Column("created_by", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("tenant_id", "client_id", name=op.f("pk_oauth_client")),
     )
+    op.create_table(
+        "outbox_event",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("topic", sa.String(length=128), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_event")),
+    )
+    with op.batch_alter_table("outbox_event", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_outbox_event_delivered_at_created_at"),
+            ["delivered_at", "created_at"],
+            unique=False,
+        )
+
     op.create_table(
         "resource",
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
@@ -667,8 +719,14 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_resource_tenant_id_patient_id"))
 
     op.drop_table("resource")
+    with op.batch_alter_table("outbox_event", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_outbox_event_delivered_at_created_at"))
+
+    op.drop_table("outbox_event")
     op.drop_table("oauth_client")
     op.drop_table("login_lockout")
+    op.drop_table("hl7_message_log")
+    op.drop_table("event_consumption")
     with op.batch_alter_table("break_glass_grant", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_break_glass_grant_tenant_id_user_id_expires_at"))
 

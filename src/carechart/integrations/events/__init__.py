@@ -1,0 +1,1 @@
+"""Domain events: a transactional outbox, delivered in process or to NATS JetStream."""
