@@ -2,7 +2,10 @@
 
 The Synthea bundles (real FHIR transaction Bundles with urn:uuid references) are POSTed to
 ``/fhir`` of a real ``carechart serve`` process, one after another from one client. Each
-round POSTs the whole set; every POST creates new ids, so each round ingests fresh data.
+round POSTs the whole set; every POST creates new ids, so each round ingests fresh data. The
+client is a backend service (``system/*.cruds`` bearer token): every Bundle is authenticated,
+checked entry by entry by the policy point and audited (one record per resource) in its
+transaction.
 Reported per engine: median resources/s over the rounds (wall clock), resources per CPU-second
 of the server process (its cost on one core, insensitive to the noise of a shared machine),
 and the server's peak resident memory (sampled RSS and kernel VmHWM).
@@ -75,7 +78,7 @@ def run(engine: str, rounds: int, time_budget: float) -> IngestResult:
         try:
             # Warm-up: the smallest bundle, so first-request costs are not in round 1.
             name, raw, _ = min(bundles, key=lambda item: len(item[1]))
-            status, _, data = b.request(conn, "POST", "/fhir", raw)
+            status, _, data = b.request(conn, "POST", "/fhir", raw, srv.auth())
             b.expect(status, 200, data, f"warm-up {name}")
             deadline = time.monotonic() + time_budget
             with b.MemorySampler(srv.pid) as sampler:
@@ -83,11 +86,12 @@ def run(engine: str, rounds: int, time_budget: float) -> IngestResult:
                     if i >= 2 and time.monotonic() > deadline:
                         b.log(f"ingest {engine}: time budget reached after {i} rounds")
                         break
+                    auth = srv.auth(valid_for=300)  # a round takes seconds; minted outside it
                     cpu0 = b.cpu_seconds(srv.pid)
                     start = time.perf_counter()
                     for name, raw, n in bundles:
                         t0 = time.perf_counter()
-                        status, _, data = b.request(conn, "POST", "/fhir", raw)
+                        status, _, data = b.request(conn, "POST", "/fhir", raw, auth)
                         b.expect(status, 200, data, f"POST {name}")
                         entries = json.loads(data).get("entry", [])
                         if len(entries) != n:
@@ -119,7 +123,8 @@ def report(results: list[IngestResult]) -> list[str]:
         "",
         f"{first.bundles} Synthea transaction Bundles ({first.resources_per_round:,} resources, "
         f"{first.megabytes_per_round:.1f} MB) POSTed sequentially by one client to `/fhir` of "
-        "`carechart serve` (1 worker process); validation and encryption on. "
+        "`carechart serve` (1 worker process) as a backend service (`system/*.cruds`); "
+        "validation, encryption, the policy point and the audit trail on. "
         "Rounds = whole set; median over rounds.",
         "",
         "| engine | rounds | median resources/s (wall) | min–max | resources per server CPU-s "

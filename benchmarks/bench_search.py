@@ -15,6 +15,10 @@ PostgreSQL, then p50/p99 of the issue's searches over HTTP.
    in-process through the real ASGI app) with ``EXPLAIN (ANALYZE, BUFFERS)`` of its slowest
    statement, in ``benchmarks/out/search-explain.txt``.
 
+Every request carries the bearer token of a backend service with ``system/*.cruds``
+(``benchlib.Server.auth``, re-minted before it expires), so each one is authenticated, guarded
+and audited; rate limits are off in the servers.
+
 Run: ``.venv/bin/python benchmarks/bench_search.py [--scale 1.0] [--keep | --reuse DB]``.
 ``--scale 0.01`` is a 2-minute run (1,000 patients, 10,000 observations).
 Report: stdout and ``benchmarks/out/search-latest.md``.
@@ -29,7 +33,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import random
 import statistics
 import subprocess
@@ -65,12 +68,7 @@ EXPLAIN_OUT = b.OUT_DIR / "search-explain.txt"
 
 
 def _env(db: str, data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARECHART_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["CARECHART_DATA_DIR"] = str(data_dir)
-    env["CARECHART_DATABASE_URL"] = b.PG_URL_TEMPLATE.format(db=db)
-    env["CARECHART_MASTER_KEY"] = MASTER_KEY
-    return env
+    return b.server_env(data_dir, b.PG_URL_TEMPLATE.format(db=db), MASTER_KEY)
 
 
 @contextlib.contextmanager
@@ -80,11 +78,12 @@ def serve(db: str, workers: int) -> Iterator[b.Server]:
         port = b.free_port()
         log_path = data_dir / "server.log"
         cmd = [str(CARECHART), "serve", "--port", str(port), "--workers", str(workers)]
+        env = _env(db, data_dir)
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
                 cmd,
                 cwd=ROOT,
-                env=_env(db, data_dir),
+                env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -93,7 +92,7 @@ def serve(db: str, workers: int) -> Iterator[b.Server]:
         try:
             b._wait_health(port, proc, log_path, timeout=120)
             time.sleep(1.0 if workers > 1 else 0)  # let every worker come up
-            srv = b.Server("postgresql", port, proc, log_path, database=db)
+            srv = b.Server("postgresql", port, proc, log_path, database=db, env=env)
             srv.idle_rss_mb = b.rss_mb(proc.pid)
             yield srv
             if proc.poll() is not None:
@@ -173,7 +172,7 @@ def load(
                     body = json.dumps(bundle, separators=(",", ":")).encode()
                     t0 = time.perf_counter()
                     status, _, data = b.request(
-                        conn, "POST", "/fhir", body, {"Prefer": "return=minimal"}
+                        conn, "POST", "/fhir", body, {"Prefer": "return=minimal", **srv.auth()}
                     )
                     ms = (time.perf_counter() - t0) * 1000
                     b.expect(status, 200, data, f"transaction for patients {lo}..{hi}")
@@ -263,8 +262,8 @@ class QueryStats:
         return bool(self.ms) and self.pct(99) < self.target_ms and not self.errors
 
 
-def _get(conn: Any, path: str) -> tuple[int, dict[str, Any] | None, bytes]:
-    status, _, data = b.request(conn, "GET", path)
+def _get(conn: Any, path: str, headers: dict[str, str]) -> tuple[int, dict[str, Any] | None, bytes]:
+    status, _, data = b.request(conn, "GET", path, headers=headers)
     return status, (json.loads(data) if status == 200 else None), data
 
 
@@ -393,7 +392,11 @@ def run_queries(
     try:
         for name, example, target, kind, paths in plan:
             stats = QueryStats(name, example, target, kind)
+            # Minted between queries, never inside a timed request; a token lasts 10 minutes.
+            auth = srv.auth(valid_for=180)
             for i, path in enumerate(paths[:warmup] + paths):
+                if i % 50 == 0:
+                    auth = srv.auth(valid_for=180)
                 t0 = time.perf_counter()
                 url: str | None = path
                 pages = 0
@@ -401,7 +404,7 @@ def run_queries(
                 status = 200
                 data = b""
                 while url:
-                    status, body, data = _get(conn, url)
+                    status, body, data = _get(conn, url, auth)
                     pages += 1
                     if body is None:
                         break
@@ -489,7 +492,11 @@ def capture_sql(db: str, path: str) -> list[tuple[float, str, Any]]:
             data_dir=Path(tmp),
             database_url=b.PG_URL_TEMPLATE.format(db=db),
             master_key=MASTER_KEY,
+            rate_limit_per_ip=0,
+            rate_limit_per_user=0,
+            rate_limit_sensitive=0,
         )
+        token = b.system_token(_env(db, Path(tmp)))
         app = create_app(settings)
         engine = app.state.ctx.engine
         captured: list[tuple[float, str, Any]] = []
@@ -515,7 +522,10 @@ def capture_sql(db: str, path: str) -> list[tuple[float, str, Any]]:
                 "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                 "method": "GET", "scheme": "http", "path": urllib.parse.unquote(raw_path),
                 "raw_path": raw_path.encode(), "query_string": query.encode(),
-                "headers": [(b"host", b"127.0.0.1"), (b"accept", b"application/fhir+json")],
+                "headers": [
+                    (b"host", b"127.0.0.1"), (b"accept", b"application/fhir+json"),
+                    (b"authorization", f"Bearer {token}".encode()),
+                ],
                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "root_path": "",
             }  # fmt: skip
             status = [0]
@@ -650,7 +660,8 @@ def render(
         "## Queries",
         "",
         f"HTTP against `carechart serve --workers 1` on the loaded database, one sequential "
-        f"client (keep-alive), {meta['warmup']} warm-up requests per query then "
+        f"client (keep-alive) with a backend service's bearer token (`system/*.cruds`: "
+        f"authenticated, guarded and audited), {meta['warmup']} warm-up requests per query then "
         f"{meta['samples']} samples with varied parameters; ms are wall-clock per request "
         "($everything: all pages).",
         "",

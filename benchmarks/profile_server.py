@@ -1,11 +1,15 @@
 """Where the server's time goes: py-spy on a real server under a benchmark load.
 
-``.venv/bin/python benchmarks/profile_server.py read|ingest [--engine E] [--seconds S]``
+``.venv/bin/python benchmarks/profile_server.py read|ingest|create [--engine E] [--seconds S]
+[--persona system|physician] [--gil]``
 
 Starts ``carechart serve`` (fresh database), applies the load (``read``: wrk on
-``GET /fhir/Patient/{id}`` as in scenario 4; ``ingest``: the Synthea bundles POSTed in a loop
-as in scenario 2; ``create``: sequential ``POST /fhir/Patient`` as in scenario 3), records the server with ``py-spy record --format raw`` and prints the
-hottest functions by own time and by inclusive time. The collapsed stacks are kept in
+``GET /fhir/Patient/{id}`` as in scenario 4, as the system client or, with ``--persona
+physician``, as a signed-in physician whose patients they are; ``ingest``: the Synthea
+bundles POSTed in a loop as in scenario 2; ``create``: sequential ``POST /fhir/Patient`` as in
+scenario 3), every request with a bearer token (``benchlib.Server.auth``), records the server
+with ``py-spy record --format raw`` and prints the hottest functions by own time and by
+inclusive time. The collapsed stacks are kept in
 ``benchmarks/out/profile-<scenario>-<engine>.txt`` (feed them to a flame graph tool). Needs py-spy in the venv
 (``.venv/bin/python -m pip install py-spy``).
 """
@@ -81,22 +85,35 @@ def main() -> None:
     parser.add_argument("--engine", choices=["sqlite", "postgresql"], default="postgresql")
     parser.add_argument("--seconds", type=float, default=12)
     parser.add_argument(
+        "--persona",
+        choices=["system", "physician"],
+        default="system",
+        help="read: the caller (backend service, or a physician with a care relationship)",
+    )
+    parser.add_argument(
         "--gil",
         action="store_true",
         help="sample only the thread holding the GIL (Python CPU time, not waits)",
     )
     args = parser.parse_args()
     b.OUT_DIR.mkdir(exist_ok=True)
-    name = f"profile-{args.scenario}-{args.engine}{'-gil' if args.gil else ''}"
+    persona = f"-{args.persona}" if args.scenario == "read" else ""
+    name = f"profile-{args.scenario}{persona}-{args.engine}{'-gil' if args.gil else ''}"
     with tempfile.TemporaryDirectory(prefix="carechart-prof-") as tmp, b.server(args.engine) as srv:
         raw = Path(tmp) / "raw.txt"
         if args.scenario == "read":
-            ids = b.create_patients(srv, bench_read_load.PATIENTS)
+            ids = b.create_patients(
+                srv, bench_read_load.PATIENTS, practitioner=b.BENCH_PRACTITIONER
+            )
+            if srv.database:
+                b.psql("ANALYZE", srv.database)
+            caller = srv.physician().auth if args.persona == "physician" else srv.auth
             script = Path(tmp) / "reads.lua"
             bench_read_load.lua_script(script, ids)
-            bench_read_load.wrk(srv.port, script, 2)  # warm-up
+            bench_read_load.wrk(srv.port, script, 2, headers=caller(60))  # warm-up
+            headers = caller(args.seconds + 30)
             spy = _record(srv.pid, args.seconds, raw, args.gil)
-            run = bench_read_load.wrk(srv.port, script, args.seconds + 1)
+            run = bench_read_load.wrk(srv.port, script, args.seconds + 1, headers=headers)
             print(f"wrk during profiling: {run.rps:,.0f} req/s, p99 {run.p99_ms:.1f} ms")
         elif args.scenario == "create":
             stop = time.monotonic() + args.seconds + 2
@@ -107,12 +124,13 @@ def main() -> None:
                 try:
                     while time.monotonic() < stop:
                         body = json.dumps(b.sample_patient(made[0])).encode()
-                        status, _, data = b.request(conn, "POST", "/fhir/Patient", body)
+                        status, _, data = b.request(conn, "POST", "/fhir/Patient", body, srv.auth())
                         b.expect(status, 201, data, "create Patient")
                         made[0] += 1
                 finally:
                     conn.close()
 
+            srv.auth(args.seconds + 60)  # minted before the load and the profile start
             thread = threading.Thread(target=creates)
             thread.start()
             time.sleep(0.5)
@@ -129,12 +147,13 @@ def main() -> None:
                 try:
                     while time.monotonic() < stop:
                         for _, body, n in bundles:
-                            status, _, data = b.request(conn, "POST", "/fhir", body)
+                            status, _, data = b.request(conn, "POST", "/fhir", body, srv.auth())
                             b.expect(status, 200, data, "POST bundle")
                             done[0] += n
                 finally:
                     conn.close()
 
+            srv.auth(args.seconds + 60)
             thread = threading.Thread(target=load)
             thread.start()
             time.sleep(0.5)

@@ -5,7 +5,9 @@ Patient as the real read route returned them, so the size is the same), through 
 stack as the FHIR routes: ``carechart.app.create_app()`` (same middleware, exception
 handlers, FastAPI routing) served by uvicorn with the options ``carechart serve`` uses.
 The difference between this route and ``GET /fhir/Patient/{id}`` is the read path itself:
-negotiation, the thread pool hop, the database round trip, unsealing, serialising.
+authentication of the bearer token (the trivial route checks none: wrk's ``Authorization``
+header is ignored), negotiation, the thread pool hops, the policy point, the database round
+trips, unsealing, the audit append and its commit, serialising.
 
 Usage: ``python benchmarks/trivial_app.py --body-file F --port P`` with the same
 ``CARECHART_*`` environment as the server under test. Benchmark use only.
