@@ -23,7 +23,7 @@ from carechart.auth.refresh import (
     start_session,
     token_digest,
 )
-from carechart.db.auth_schema import auth_session, refresh_token
+from carechart.db.auth_schema import as_utc, auth_session, refresh_token
 from carechart.db.engine import unit_of_work
 
 
@@ -245,3 +245,20 @@ def test_concurrent_exchange_of_one_token_lets_exactly_one_through(
     # The reuse revoked the family, so even the winner's new token is dead.
     (winner,) = [r.issued for r in results if r.issued is not None]
     assert _rotate(auth_engine, tenant, winner.refresh_token, now).refusal == "revoked"
+
+
+def test_activity_is_recorded_at_most_once_a_minute(
+    auth_engine: Engine, tenant: str, now: datetime
+) -> None:
+    issued = _start(auth_engine, tenant, now)
+    s = auth_session
+    for seconds, expected in ((30, now), (90, now + timedelta(seconds=90))):
+        with unit_of_work(auth_engine, write=True) as conn:
+            moment = now + timedelta(seconds=seconds)
+            assert (
+                check_session(conn, tenant=tenant, session_id=issued.session_id, now=moment) is None
+            )
+            recorded = conn.execute(
+                sa.select(s.c.last_active_at).where(s.c.session_id == issued.session_id)
+            ).scalar_one()
+        assert as_utc(recorded) == expected

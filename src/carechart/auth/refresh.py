@@ -195,6 +195,9 @@ def rotate_refresh_token(
     )
 
 
+ACTIVITY_GRANULARITY = timedelta(minutes=1)
+
+
 def check_session(
     conn: Connection,
     *,
@@ -222,7 +225,9 @@ def check_session(
     if lapsed is not None:
         _revoke(conn, session_id, now, lapsed)
         return lapsed
-    if touch:
+    # Activity is recorded at most once a minute: the idle limit is thirty minutes, and a
+    # write per request would make every request of a session queue on its row.
+    if touch and now - as_utc(row.last_active_at) >= ACTIVITY_GRANULARITY:
         conn.execute(s.update().where(s.c.session_id == session_id).values(last_active_at=now))
     return None
 
