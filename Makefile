@@ -16,7 +16,7 @@ install: $(STAMP)
 
 ## Run the server on the embedded SQLite database under ./var (keys created on first run).
 serve: install
-	$(BIN)/carechart serve
+	$(BIN)/carechart serve --demo
 
 ## The official FHIR R4 package (pinned, checksum-verified) for tests and the generators.
 fhir-package: install

@@ -10,7 +10,9 @@ from rich.console import Console
 from carechart.audit.cli import audit_app
 from carechart.auth.cli import users_app
 from carechart.config import get_settings
+from carechart.demo.cli import demo_app
 from carechart.integrations.hl7v2.cli import hl7_app, start_listener_thread
+from carechart.transfer.cli import export_command, import_command
 
 app = typer.Typer(
     help="Carechart: a FHIR R4 electronic health records server.", no_args_is_help=True
@@ -22,6 +24,9 @@ search_app = typer.Typer(help="Search index maintenance.", no_args_is_help=True)
 app.add_typer(search_app, name="search")
 app.add_typer(audit_app, name="audit")
 app.add_typer(hl7_app, name="hl7")
+app.add_typer(demo_app, name="demo")
+app.command("import")(import_command)
+app.command("export")(export_command)
 console = Console(stderr=True)
 
 
@@ -30,6 +35,14 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo/--no-demo",
+            help="First run (no account, no Patient): load a small demo clinic and print its "
+            "accounts once.",
+        ),
+    ] = False,
 ) -> None:
     """Prepare the database and keys, then serve the API."""
     import uvicorn
@@ -47,6 +60,10 @@ def serve(
     ctx = AppContext.from_settings(settings)
     upgrade(ctx.engine)
     ctx.keyring.active(settings.default_tenant)
+    if demo:
+        from carechart.demo.cli import first_run
+
+        first_run(ctx)
     ctx.engine.dispose()
     console.print(f"Carechart serving on http://{host}:{port}  (FHIR at /fhir, API docs at /docs)")
     listener = start_listener_thread(settings)  # MLLP, when CARECHART_HL7_PORT is set

@@ -100,7 +100,7 @@ EVENT_TYPE = Classifier(
         Rule("110113", actions=SECURITY_ACTIONS),
         Rule("110113", resource_types=frozenset({ACCOUNT_RESOURCE})),
         Rule("110106", actions=frozenset({"export"})),
-        Rule("110107", actions=frozenset({"ingest"})),
+        Rule("110107", actions=frozenset({"ingest", "import"})),
     ),
     default="110110",
 )
@@ -146,7 +146,7 @@ EVENT_SUBTYPE = Classifier(
 EVENT_ACTION = Classifier(
     "fhir-action",
     (
-        Rule("C", actions=frozenset({"create", "ingest"})),
+        Rule("C", actions=frozenset({"create", "ingest", "import"})),
         Rule("R", actions=frozenset({"read", "vread", "search", "history", "export", "print"})),
         Rule("U", actions=frozenset({"update", "patch"})),
         Rule("D", actions=frozenset({"delete"})),
